@@ -1,0 +1,74 @@
+"""Runs as files: the resolved config inside each checkpoint, and restoring a model from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ferlab.module import EmotionModule
+
+CONFIG_KEY = "ferlab_config"
+
+
+class ConfigInCheckpoint(L.Callback):
+    """Stores the run's resolved config in every checkpoint, so a checkpoint restores alone."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.ckpt"
+        if not candidate.is_file():
+            raise FileNotFoundError(f"{path} is a directory without checkpoints/last.ckpt; pass a "
+                                    "run directory written by ferlab.train or a .ckpt file.")
+        return candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}; pass a .ckpt file or a run directory.")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> tuple[EmotionModule, DictConfig]:
+    """Rebuild the trained module and its run config from a ferlab checkpoint (no unpickling)."""
+    file = find_checkpoint(path)
+    try:
+        checkpoint = torch.load(file, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{file} is not a readable PyTorch checkpoint ({err}).") from err
+    if CONFIG_KEY not in checkpoint:
+        raise ValueError(f"{file} holds no ferlab config (key {CONFIG_KEY!r}); it was not written "
+                         "by ferlab.train.")
+    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval(), cfg
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write JSON atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,170 @@
+"""The LightningModule: loss, optimiser and scheduler wiring, metrics and their logging."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from functools import partial
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric
+
+from ferlab.data.labels import EMOTIONS, class_names
+from ferlab.metrics import (
+    classification_metrics,
+    confusion_figure,
+    confusion_matrix,
+    per_class_recall,
+)
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+EVAL_STAGES = ("val", "test")
+
+
+class EmotionModule(L.LightningModule):
+    """Trains any classifier network on faces; logs ``stage/metric`` scalars and figures.
+
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``): the optimizer is
+    called with the parameters, the scheduler with the optimizer (and ``total_steps`` when it
+    takes one and none is given, as OneCycleLR does).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int = len(EMOTIONS),
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step'; got "
+                             f"{scheduler_interval!r}.")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}.")
+        self.class_names = class_names(num_classes)
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.optimizer = optimizer or partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+
+        # ModuleDict keys may not shadow nn.Module attributes such as "train"
+        self.metrics = nn.ModuleDict(
+            {f"{s}_": classification_metrics(num_classes, s) for s in ("train", "val", "test")}
+        )
+        self.confusion = nn.ModuleDict(
+            {f"{s}_": confusion_matrix(num_classes) for s in EVAL_STAGES}
+        )
+        self.recall = nn.ModuleDict({f"{s}_": per_class_recall(num_classes) for s in EVAL_STAGES})
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, C) logits
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # --- steps -------------------------------------------------------------------------------
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        metrics = self.metrics[f"{stage}_"]
+        metrics.update(logits.detach(), y)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
+                 prog_bar=stage != "test", batch_size=len(y))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val",
+                      batch_size=len(y))
+        if stage in EVAL_STAGES:
+            preds = logits.argmax(dim=1)
+            self.confusion[f"{stage}_"].update(preds, y)
+            self.recall[f"{stage}_"].update(preds, y)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities (B, C) and the batch's labels."""
+        x, y = batch
+        return torch.softmax(self(x).float(), dim=1), y
+
+    # --- epoch ends ----------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # the sanity check must not count towards the best validation accuracy
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.confusion["val_"].reset()
+            self.recall["val_"].reset()
+            return
+        self.val_acc_best(self.metrics["val_"]["val/acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._log_epoch_figures("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_figures("test")
+
+    def _log_epoch_figures(self, stage: str) -> None:
+        counts = self.confusion[f"{stage}_"].compute()
+        recall = self.recall[f"{stage}_"].compute()
+        self.confusion[f"{stage}_"].reset()
+        self.recall[f"{stage}_"].reset()
+        self.log_dict({f"{stage}/recall/{name}": r for name, r in zip(self.class_names, recall)})
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
+                fig = confusion_figure(counts, self.class_names,
+                                       title=f"{stage} epoch {self.current_epoch}")
+                experiment.add_figure(f"{stage}/confusion_matrix", fig, self.global_step)
+                plt.close(fig)
+
+    # --- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer(params=self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        kwargs = {}
+        func = getattr(self.scheduler, "func", self.scheduler)
+        given = getattr(self.scheduler, "keywords", {})
+        if "total_steps" in inspect.signature(func).parameters and "total_steps" not in given:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        try:
+            scheduler = self.scheduler(optimizer, **kwargs)
+        except ZeroDivisionError as err:  # OneCycleLR's warm-up phase rounds to zero steps
+            raise ValueError(
+                f"The LR scheduler cannot be built for this run's length ({kwargs or given}): "
+                "too few optimiser steps for its phases. Train for more steps or choose "
+                "module/scheduler=none (or cosine)."
+            ) from err
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "name": "train/lr",
+                             "interval": self.scheduler_interval,
+                             "monitor": self.scheduler_monitor},
+        }

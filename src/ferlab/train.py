@@ -1,0 +1,120 @@
+"""Train a model: ``python -m ferlab.train model=vgg9 trainer.devices=1`` (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ferlab.checkpoint import CONFIG_KEY, ConfigInCheckpoint, find_checkpoint, write_json
+from ferlab.config import CONFIG_DIR, register_resolvers
+from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and optionally test) the configured model; return the final metrics."""
+    locate(cfg.data.root)  # fail fast, with where-to-get-it, before building anything
+    L.seed_everything(cfg.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks.append(ConfigInCheckpoint(cfg))
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
+    for experiment in (getattr(lg, "experiment", None) for lg in trainer.loggers):
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("config", f"```yaml\n{config_text}\n```")
+    log.info("Model %s with %d parameters; output in %s", cfg.model._target_,
+             module.num_parameters(), output_dir)
+
+    resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
+    if resume is not None:
+        _warn_config_changes(resume, cfg)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    fit_seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    if cfg.get("test") and not trainer.fast_dev_run and not trainer.interrupted:
+        best = next((c.best_model_path for c in callbacks
+                     if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+        for result in trainer.test(module, datamodule=datamodule, ckpt_path=best):
+            metrics.update({k: float(v) for k, v in result.items()})
+        metrics["test/ckpt"] = best or "last weights"
+
+    metrics.update({
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 1),
+        "params": module.num_parameters(),
+    })
+    _log_hparams(trainer, cfg, metrics)
+    write_json(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _warn_config_changes(ckpt_path: Path, cfg: DictConfig) -> None:
+    """A resumed run should use the original config; say which settings differ."""
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(CONFIG_KEY)
+    if saved is None:
+        return
+    before, now = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k) and k.split(".")[0] not in ("resume", "paths")]
+    if changed:
+        log.warning("Resuming %s with a config that differs from the checkpoint's (schedules such "
+                    "as one-cycle cannot be stretched):\n  %s", ckpt_path, "\n  ".join(changed))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
+    """Config and final metrics in TensorBoard's HParams view (tags under hp/ to keep the
+    metric curves clean)."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params["params"] = metrics["params"]
+    final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()
+             if isinstance(v, float) and k.split("/")[0] in ("val", "test")}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params, metrics=final)
+
+
+def _run(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except (DataNotFoundError, DataFormatError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
+
+
+def main() -> None:
+    register_resolvers()
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from ferlab.config import CONFIG_DIR, register_resolvers
+from ferlab.data.cache import default_cache_dir
+from tests.fer_fixtures import make_faces, write_fer2013_csv, write_image_folder
+
+REAL_DATA = Path(os.environ.get("FERLAB_DATA", "data/fer2013"))
+USER_CACHE = default_cache_dir()  # read before the autouse fixture redirects FERLAB_CACHE
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep decoded-data caches of synthetic fixtures out of the user's real cache."""
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def faces():
+    return make_faces()
+
+
+@pytest.fixture(scope="session")
+def csv_root(tmp_path_factory, faces) -> Path:
+    root = tmp_path_factory.mktemp("fer_csv")
+    write_fer2013_csv(root / "fer2013.csv", *faces)
+    return root
+
+
+@pytest.fixture(scope="session")
+def icml_root(tmp_path_factory, faces) -> Path:
+    root = tmp_path_factory.mktemp("fer_icml")
+    write_fer2013_csv(root / "icml_face_data.csv", *faces, icml=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory, faces) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("fer_folder"), *faces)
+
+
+@pytest.fixture
+def make_cfg(tmp_path, csv_root):
+    """Compose conf/train.yaml as the CLI would, pointed at synthetic data and tmp_path."""
+
+    def _make(overrides: list[str] = (), config_name: str = "train",
+              output_dir: Path | None = None) -> DictConfig:
+        register_resolvers()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, return_hydra_config=True, overrides=[
+                f"data.root={csv_root}", "data.batch_size=8", "data.eval_batch_size=16",
+                "callbacks.progress_bar=null", "++trainer.enable_model_summary=false",
+                "trainer.accelerator=cpu", *overrides,
+            ])
+        out = output_dir or tmp_path / "run"
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out)
+            cfg.hydra.runtime.output_dir = str(out)
+            cfg.hydra.job.num = 0
+        HydraConfig().set_config(cfg)
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def real_data_available() -> bool:
+    return (REAL_DATA / "train").is_dir() or any(
+        (REAL_DATA / n).is_file() for n in ("fer2013.csv", "icml_face_data.csv"))
+
+
+requires_real_data = pytest.mark.skipif(
+    not real_data_available(),
+    reason=f"FER2013 not found at {REAL_DATA.resolve()} (set FERLAB_DATA to the data root)",
+)

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+
+from ferlab.models import VGG
+from ferlab.module import EmotionModule
+
+
+class _FakeTrainer:
+    estimated_stepping_batches = 123
+
+
+def _module(**kwargs):
+    return EmotionModule(VGG(stages=[[4], [8]], hidden=[8]), **kwargs)
+
+
+def test_default_optimizer_is_adamw():
+    optimizer = _module().configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+
+
+def test_onecycle_gets_total_steps_from_trainer(monkeypatch):
+    module = _module(optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+                     scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1),
+                     scheduler_interval="step")
+    monkeypatch.setattr(EmotionModule, "trainer", _FakeTrainer())
+    config = module.configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert scheduler.total_steps == 123
+    assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_onecycle_on_a_too_short_run_is_explained(monkeypatch):
+    module = _module(scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1,
+                                       pct_start=0.25))
+    monkeypatch.setattr(_FakeTrainer, "estimated_stepping_batches", 4)
+    monkeypatch.setattr(EmotionModule, "trainer", _FakeTrainer())
+    with pytest.raises(ValueError, match="too few optimiser steps"):
+        module.configure_optimizers()
+
+
+def test_plateau_scheduler_is_monitored():
+    module = _module(scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=2),
+                     scheduler_monitor="val/loss")
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "val/loss"
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_label_smoothing_applies_to_training_loss_only():
+    torch.manual_seed(0)
+    module = _module(label_smoothing=0.2)
+    module.log = module.log_dict = lambda *a, **k: None
+    batch = (torch.randn(4, 1, 48, 48), torch.tensor([0, 1, 2, 3]))
+    module.eval()
+    train_loss = module._step(batch, "train")
+    logits = module(batch[0])
+    expected = torch.nn.functional.cross_entropy(logits, batch[1], label_smoothing=0.2)
+    assert train_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    val_loss = module._step(batch, "val")
+    assert val_loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, batch[1]).item(), rel=1e-5)
+
+
+def test_channels_last_gives_same_outputs():
+    torch.manual_seed(0)
+    net = VGG(stages=[[4], [8]], hidden=[8]).eval()
+    x = torch.randn(2, 1, 48, 48)
+    reference = net(x)
+    module = EmotionModule(net, channels_last=True).eval()
+    assert torch.allclose(module(x), reference, atol=1e-5)
+
+
+def test_predict_step_returns_probabilities():
+    module = _module().eval()
+    probs, labels = module.predict_step((torch.randn(3, 1, 48, 48), torch.tensor([0, 1, 2])), 0)
+    assert probs.shape == (3, 7)
+    assert torch.allclose(probs.sum(1), torch.ones(3))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scheduler_interval": "batch"}, "scheduler_interval"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"num_classes": 4}, "num_classes=4"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _module(**kwargs)
+
+
+def test_is_a_lightning_module():
+    assert isinstance(_module(), L.LightningModule)

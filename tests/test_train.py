@@ -1,0 +1,213 @@
+"""End-to-end tests of train(cfg), resume, evaluate and the command lines, on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ferlab.checkpoint import load_checkpoint
+from ferlab.evaluate import evaluate
+from ferlab.train import train
+from tests.models.test_models import MODEL_CONFIGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_fast_dev_run_every_model(make_cfg, model):
+    cfg = make_cfg([f"model={model}", "debug=fdr"])
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert saved["params"] == metrics["params"] > 0
+
+
+def test_six_class_training(make_cfg):
+    cfg = make_cfg(["data=fer2013_6class", "model=baseline", "debug=fdr"])
+    assert cfg.model.num_classes == 6 and cfg.module.num_classes == 6
+    train(cfg)
+
+
+def _short_cfg(make_cfg, out: Path, extra=()):
+    return make_cfg(["model=baseline", "trainer.max_epochs=3", "data.batch_size=4",
+                     "trainer.log_every_n_steps=1", *extra], output_dir=out)
+
+
+def test_run_directory_holds_everything(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(_short_cfg(make_cfg, out))
+    assert {"val/acc", "val/acc_best", "val/acc_top2", "val/acc_macro", "test/acc",
+            "test/acc_top2", "test/acc_macro", "epochs", "fit_seconds"} <= set(metrics)
+    assert metrics["epochs"] == 3
+    assert metrics["val/acc_best"] >= metrics["val/acc"] - 1e-6
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch") for n in ckpts)
+    assert json.loads((out / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc",
+            "val/acc_top2", "val/acc_macro", "val/acc_best", "test/acc", "train/lr",
+            "val/recall/happy"} <= scalars
+    images = set(events.Tags()["images"])
+    assert {"val/confusion_matrix", "test/confusion_matrix"} <= images
+    assert len(events.Images("val/confusion_matrix")) == 3  # one per validation epoch
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_learns_the_synthetic_task(make_cfg, tmp_path):
+    # the synthetic classes are a bright bar at a class-specific height: easy to learn
+    metrics = train(make_cfg(["model=baseline", "trainer.max_epochs=12", "data.batch_size=4",
+                              "data.augment=null", "module/optimizer=adamw",
+                              "module/scheduler=none", "module.label_smoothing=0"]))
+    assert metrics["val/acc_best"] >= 0.6  # chance is 1/7
+
+
+def test_same_seed_same_result_on_cpu(make_cfg, tmp_path):
+    a = train(_short_cfg(make_cfg, tmp_path / "a", ["trainer.max_epochs=2", "test=false"]))
+    b = train(_short_cfg(make_cfg, tmp_path / "b", ["trainer.max_epochs=2", "test=false"]))
+    assert a["train/loss_epoch"] == b["train/loss_epoch"]
+    wa = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+class CrashAfterFirstEpoch(Callback):
+    """Stands in for a run killed after its first checkpoint."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    cfg = _short_cfg(make_cfg, out, ["test=false"])
+    with open_dict(cfg):
+        cfg.callbacks.crash = {"_target_": f"{__name__}.CrashAfterFirstEpoch"}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    first = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert first["epoch"] == 0
+
+    metrics = train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}"]))
+    last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and metrics["epochs"] == 3
+    assert last["global_step"] == 3 * first["global_step"] == 3 * 7
+    # the one-cycle schedule carried on where it stopped and ran to its end
+    uninterrupted = train(_short_cfg(make_cfg, tmp_path / "straight", ["test=false"]))
+    assert metrics["train/lr"] == pytest.approx(uninterrupted["train/lr"])
+
+
+def test_resume_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
+    out = tmp_path / "run"
+    train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false",
+                                     "module/scheduler=none"]))
+    train(_short_cfg(make_cfg, out, ["trainer.max_epochs=2", "test=false", f"resume={out}",
+                                     "module/scheduler=none"]))
+    assert "trainer.max_epochs: 1 -> 2" in caplog.text
+
+
+def test_resume_from_missing_checkpoint_is_explained(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(_short_cfg(make_cfg, tmp_path / "run", [f"resume={tmp_path}"]))
+
+
+def test_checkpoint_restores_model_and_config(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false"]))
+    module, cfg = load_checkpoint(out)
+    assert cfg.model._target_ == "ferlab.models.VGG" and not module.training
+    state = torch.load(out / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items())
+
+
+def test_evaluate_writes_report(make_cfg, tmp_path, csv_root):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ferlab.config import CONFIG_DIR
+
+    out = tmp_path / "run"
+    train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false"]))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={out / 'checkpoints/last.ckpt'}",
+                                         f"data_root={csv_root}", "accelerator=cpu",
+                                         f"output_dir={tmp_path / 'eval'}"])
+    report = evaluate(cfg)
+    saved = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert saved["test"]["n"] == 14 and saved["val"]["n"] == 14
+    assert saved["test"]["test/acc"] == pytest.approx(report["test"]["test/acc"])
+    assert sum(map(sum, saved["test"]["confusion_matrix"])) == 14
+    assert (tmp_path / "eval/confusion_matrix_test.png").stat().st_size > 1000
+    assert (tmp_path / "eval/confusion_matrix_val.png").is_file()
+
+
+# --- the command lines, as a user types them ---------------------------------------------------
+
+def _cli(args: list[str], tmp_path: Path, data: Path | None = None, module="ferlab.train"):
+    env = {**os.environ, "FERLAB_CACHE": str(tmp_path / "cache")}
+    if data is not None:
+        env["FERLAB_DATA"] = str(data)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_without_data_says_where_to_get_it(tmp_path):
+    result = _cli([], tmp_path, data=tmp_path / "missing")
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "No FER2013 data" in output and "FERLAB_DATA" in output and "Traceback" not in output
+
+
+def test_cli_multirun_sweep(tmp_path, csv_root):
+    result = _cli(["-m", "model=baseline,vgg9", "model.dropout=0.3,0.5",
+                   "++trainer.fast_dev_run=true",
+                   "callbacks.progress_bar=null", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   "data.batch_size=8"], tmp_path, data=csv_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(jobs) == 4
+    overrides = {(tmp_path / "sweep" / p.parent.name / ".hydra/overrides.yaml").read_text()
+                 for p in jobs}
+    assert len(overrides) == 4
+
+
+def test_cli_run_dir_and_evaluate(tmp_path, csv_root):
+    run = tmp_path / "myrun"
+    result = _cli(["model=baseline", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                   "trainer.accelerator=cpu", f"hydra.run.dir={run}", "data.batch_size=8"],
+                  tmp_path, data=csv_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "metrics.json").is_file() and (run / ".hydra/config.yaml").is_file()
+    assert (run / "checkpoints/last.ckpt").is_file()
+    result = _cli([f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'ev'}"], tmp_path,
+                  data=csv_root, module="ferlab.evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test: acc=" in result.stdout
+    assert (tmp_path / "ev/metrics.json").is_file()
+
+
+def test_cli_resume_keeps_original_record(tmp_path, csv_root):
+    run = tmp_path / "runs/job"
+    args = ["model=baseline", "callbacks.progress_bar=null", "data.batch_size=8", "test=false",
+            "module/scheduler=none"]  # a one-cycle schedule cannot be stretched to 2 epochs
+    assert _cli([*args, "trainer.max_epochs=1", f"hydra.run.dir={run}"], tmp_path,
+                data=csv_root).returncode == 0
+    original = (run / ".hydra/overrides.yaml").read_text()
+    result = _cli([*args, "trainer.max_epochs=2", f"resume={run}"], tmp_path, data=csv_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / ".hydra/overrides.yaml").read_text() == original
+    assert list(run.glob(".hydra-resumed-*/overrides.yaml"))
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
