@@ -1,0 +1,13 @@
+"""Everything that turns FER2013 files into uint8 faces and labels, and batches for training."""
+
+from ferlab.data.cache import load_faces
+from ferlab.data.datamodule import FER2013DataModule
+from ferlab.data.labels import EMOTIONS, FACE_SIZE, SPLITS, class_names, remap_labels
+from ferlab.data.sources import DataFormatError, DataNotFoundError, FaceTable, locate
+from ferlab.data.transforms import BatchAugment, preprocess, to_face
+
+__all__ = [
+    "EMOTIONS", "FACE_SIZE", "SPLITS", "BatchAugment", "DataFormatError", "DataNotFoundError",
+    "FER2013DataModule", "FaceTable", "class_names", "load_faces", "locate", "preprocess",
+    "remap_labels", "to_face",
+]

@@ -1,0 +1,123 @@
+"""The FER2013 LightningDataModule: in-memory uint8 faces, batched tensor preprocessing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from ferlab.data.cache import load_faces
+from ferlab.data.labels import SPLITS, class_names, remap_labels
+from ferlab.data.sources import FaceTable
+from ferlab.data.transforms import BatchAugment, preprocess
+
+log = logging.getLogger(__name__)
+
+
+class FaceBatches(Dataset):
+    """Faces held as one uint8 tensor, indexed a whole batch at a time (no per-sample collate)."""
+
+    def __init__(self, faces: torch.Tensor, labels: torch.Tensor) -> None:
+        self.faces, self.labels = faces, labels  # (N, 1, H, W) uint8, (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.faces[index], self.labels[index]
+
+
+class FER2013DataModule(L.LightningDataModule):
+    """FER2013's official splits (train/val/test) in the seven- or six-class view."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data/fer2013",
+        num_classes: int = 7,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        train_splits: Sequence[str] = ("train",),
+        augment: BatchAugment | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.class_names = class_names(num_classes)  # validates num_classes
+        unknown = set(train_splits) - set(SPLITS)
+        if unknown or not train_splits:
+            raise ValueError(f"train_splits must be a non-empty subset of {SPLITS}; got "
+                             f"{list(train_splits)}.")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"Batch sizes must be positive; got {batch_size}, {eval_batch_size}.")
+        self.root = Path(root)
+        self.num_classes = num_classes
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_splits = tuple(train_splits)
+        self.augment = augment
+        self.cache_dir = cache_dir
+        self.num_workers = num_workers
+        self.datasets: dict[str, FaceBatches] = {}
+        self.predict_split = "test"  # the split that predict_dataloader serves
+
+    def prepare_data(self) -> None:
+        load_faces(self.root, self.cache_dir)  # decodes once and writes the cache
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        table = load_faces(self.root, self.cache_dir)
+        for split in SPLITS:
+            self.datasets[split] = self._to_dataset(table.select(split))
+        train = [self.datasets[s] for s in self.train_splits]
+        self.datasets["fit"] = FaceBatches(torch.cat([d.faces for d in train]),
+                                           torch.cat([d.labels for d in train]))
+        log.info("FER2013 from %s: %s", self.root,
+                 ", ".join(f"{s}={len(self.datasets[s])}" for s in SPLITS))
+
+    def _to_dataset(self, table: FaceTable) -> FaceBatches:
+        faces = torch.from_numpy(np.ascontiguousarray(table.faces)).unsqueeze(1)
+        labels = torch.from_numpy(remap_labels(table.labels, self.num_classes))
+        return FaceBatches(faces, labels)
+
+    def class_counts(self, split: str) -> np.ndarray:
+        """Number of faces per class (in output order) in a split."""
+        labels = self.datasets[split].labels.numpy()
+        return np.bincount(labels, minlength=self.num_classes)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("Call setup() before asking for a dataloader.")
+        data = self.datasets[split]
+        if shuffle:
+            # drop the ragged last batch (batch norm dislikes a batch of one) unless it is all
+            sampler = BatchSampler(RandomSampler(data), self.batch_size,
+                                   drop_last=len(data) > self.batch_size)
+        else:
+            sampler = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+        return DataLoader(data, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        faces, labels = batch
+        x = preprocess(faces)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, labels
