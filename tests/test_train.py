@@ -211,3 +211,22 @@ def test_cli_resume_keeps_original_record(tmp_path, csv_root):
     assert (run / ".hydra/overrides.yaml").read_text() == original
     assert list(run.glob(".hydra-resumed-*/overrides.yaml"))
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf/experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_trains_and_restores(make_cfg, tmp_path, experiment):
+    out = tmp_path / "run"
+    cfg = make_cfg([f"experiment={experiment}", "trainer.max_epochs=2", "data.batch_size=4",
+                    "trainer.precision=32-true"], output_dir=out)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    best = metrics["test/ckpt"]
+    module, saved = load_checkpoint(best)
+    assert saved.name == cfg.name
+    # the restored weights are the ones that were tested (EMA weights where EMA is on)
+    ckpt = torch.load(best, weights_only=True)
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in ckpt["state_dict"].items())
+    assert load_checkpoint(out)[1].name == cfg.name  # the run directory's last.ckpt

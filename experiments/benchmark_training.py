@@ -1,0 +1,199 @@
+"""Training throughput on this machine: the full ferlab step vs the network step alone vs a
+naive per-sample PIL pipeline, with achieved GFLOP/s against a measured GEMM peak.
+
+    python experiments/benchmark_training.py [--models baseline vgg9] [--batches 20]
+
+Uses FER2013 from $FERLAB_DATA when present (else random faces of the same shape). Run it on an
+otherwise idle machine: every figure is wall-clock throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import v2
+
+from ferlab.config import CONFIG_DIR, register_resolvers
+from ferlab.data import load_faces, preprocess
+from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
+
+
+def compose_cfg(model: str, precision: str, batch_size: int):
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"model={model}", f"trainer.precision={precision}",
+                                           f"data.batch_size={batch_size}", "paths.output_dir=."])
+
+
+def autocast(precision: str):
+    if precision.startswith("bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def network_step_rate(module, optimizer, x, y, precision, batches, warmup=3) -> float:
+    """Images/s of forward + loss + backward + optimiser step on one fixed batch."""
+    module.train()
+    for i in range(warmup + batches):
+        if i == warmup:
+            start = time.perf_counter()
+        with autocast(precision):
+            logits = module(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return len(y) * batches / (time.perf_counter() - start)
+
+
+def flops_per_image(module, x, y, precision) -> float:
+    with FlopCounterMode(display=False) as counter:
+        with autocast(precision):
+            logits = module(x)
+        F.cross_entropy(logits.float(), y).backward()
+    return counter.get_total_flops() / len(y)
+
+
+class _BatchTimer(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end, self.images = warmup, None, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.images += len(batch[1])
+            self.end = time.perf_counter()
+
+
+def full_step_rate(cfg, datamodule, batches, warmup=3) -> float:
+    """Images/s of the whole ferlab training step, run by Lightning's Trainer exactly as
+    ``python -m ferlab.train`` runs it (batch fetch, preprocessing + augmentation, forward,
+    loss, metrics, logging, backward, optimiser and scheduler step)."""
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    timer = _BatchTimer(warmup)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision,
+                        max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
+    trainer.fit(module, datamodule=datamodule)
+    return timer.images / (timer.end - timer.start)
+
+
+class NaiveFaces(Dataset):
+    """The usual torchvision recipe: one PIL image per sample, per-sample transforms."""
+
+    def __init__(self, faces: np.ndarray, labels: np.ndarray):
+        self.faces, self.labels = faces, labels
+        self.transform = v2.Compose([
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([PIXEL_MEAN], [PIXEL_STD]),
+            v2.RandomErasing(p=0.5, scale=(0.02, 0.15)),
+        ])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.faces[i])), int(self.labels[i])
+
+
+def naive_rate(module, optimizer, faces, labels, precision, batch_size, batches, workers,
+               warmup=3) -> float:
+    loader = DataLoader(NaiveFaces(faces, labels), batch_size=batch_size, shuffle=True,
+                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    module.train()
+    images = 0
+    for i, (x, y) in enumerate(loader):
+        if i == warmup:
+            start, images = time.perf_counter(), 0
+        with autocast(precision):
+            logits = module(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        images += len(y)
+        if i + 1 == warmup + batches:
+            break
+    return images / (time.perf_counter() - start)
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["baseline", "vgg9"])
+    parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--naive-workers", type=int, default=2)
+    args = parser.parse_args()
+
+    L.seed_everything(0, verbose=False)
+    root = Path(os.environ.get("FERLAB_DATA", "data/fer2013"))
+    try:
+        train = load_faces(root).select("train")
+        faces, labels, source = train.faces, train.labels, f"FER2013 train at {root}"
+    except FileNotFoundError:
+        rng = np.random.default_rng(0)
+        faces = rng.integers(0, 256, (8192, 48, 48), dtype=np.uint8)
+        labels = rng.integers(0, 7, 8192)
+        source = "random faces (FER2013 not found)"
+    peak32, peak16 = gemm_peak(torch.float32), gemm_peak(torch.bfloat16)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data: {source}")
+    print(f"measured GEMM peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    # overhead: the share of a full ferlab step spent outside the network step
+    header = (f"{'model':<10}{'precision':<12}{'net img/s':>10}{'ferlab img/s':>13}"
+              f"{'overhead':>9}{'naive img/s':>12}{'vs naive':>9}{'GFLOP/img':>10}"
+              f"{'GFLOP/s':>9}{'% peak':>7}")
+    print(header)
+    for model_name in args.models:
+        for precision in args.precisions:
+            cfg = compose_cfg(model_name, precision, args.batch_size)
+            datamodule = instantiate(cfg.data)
+            datamodule.setup("fit")
+            module = instantiate(cfg.module, model=instantiate(cfg.model))
+            optimizer = instantiate(cfg.module.optimizer)(params=module.parameters())
+            x, y = next(iter(datamodule.train_dataloader()))
+            x = datamodule.augment(preprocess(x))
+            flops = flops_per_image(module, x, y, precision)
+            net = network_step_rate(module, optimizer, x, y, precision, args.batches)
+            full = full_step_rate(cfg, datamodule, args.batches)
+            naive = naive_rate(module, optimizer, faces, labels, precision, args.batch_size,
+                               args.batches, args.naive_workers)
+            peak = peak16 if precision.startswith("bf16") else peak32
+            achieved = flops * full / 1e9
+            print(f"{model_name:<10}{precision:<12}{net:>10.0f}{full:>13.0f}"
+                  f"{(1 - full / net) * 100:>8.1f}%{naive:>12.0f}{full / naive:>8.2f}x"
+                  f"{flops / 1e9:>10.3f}{achieved:>9.0f}{achieved / peak * 100:>6.0f}%",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
