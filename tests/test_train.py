@@ -230,3 +230,14 @@ def test_every_experiment_config_trains_and_restores(make_cfg, tmp_path, experim
     ckpt = torch.load(best, weights_only=True)
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in ckpt["state_dict"].items())
     assert load_checkpoint(out)[1].name == cfg.name  # the run directory's last.ckpt
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    (tmp_path / "x.ckpt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "x.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "y.ckpt")
+    with pytest.raises(ValueError, match="not written by ferlab.train"):
+        load_checkpoint(tmp_path / "y.ckpt")
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        load_checkpoint(tmp_path)

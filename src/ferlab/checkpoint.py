@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def load_checkpoint(path: str | os.PathLike,
     file = find_checkpoint(path)
     try:
         checkpoint = torch.load(file, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise ValueError(f"{file} is not a readable PyTorch checkpoint ({err}).") from err
     if CONFIG_KEY not in checkpoint:
         raise ValueError(f"{file} holds no ferlab config (key {CONFIG_KEY!r}); it was not written "

@@ -86,7 +86,8 @@ def test_pixel_row_with_wrong_count(tmp_path):
         label, pixels, usage = lines[2].split(",")
         lines[2] = ",".join([label, " ".join(pixels.split()[:-1]), usage])
 
-    with pytest.raises(DataFormatError, match=r"fer2013.csv:line 3: .* has 2303 values; expected 2304"):
+    with pytest.raises(DataFormatError,
+                       match=r"fer2013.csv:line 3: .* has 2303 values; expected 2304"):
         read_csv(_csv(tmp_path, drop_pixel))
 
 

@@ -73,7 +73,7 @@ def test_bad_strengths(kwargs):
         BatchAugment(**kwargs)
 
 
-@pytest.mark.parametrize("shape", [(48, 48), (120, 90), (30, 30, 3), (64, 64, 4), (48, 48, 1)])
+@pytest.mark.parametrize("shape", [(48, 48), (120, 90), (30, 30), (64, 20), (48, 48, 1)])
 def test_to_face_any_crop(shape):
     face = to_face(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
     assert face.shape == (48, 48) and face.dtype == np.uint8
@@ -82,7 +82,7 @@ def test_to_face_any_crop(shape):
 def test_to_face_rejects_bad_crops():
     with pytest.raises(ValueError, match="uint8"):
         to_face(np.zeros((48, 48), np.float32))
-    with pytest.raises(ValueError, match="channels"):
-        to_face(np.zeros((48, 48, 2), np.uint8))
+    with pytest.raises(ValueError, match="grey"):
+        to_face(np.zeros((48, 48, 3), np.uint8))
     with pytest.raises(ValueError, match="non-empty"):
         to_face(np.zeros((0, 48), np.uint8))

@@ -42,6 +42,7 @@ def _check_num_classes(num_classes: int) -> None:
     if num_classes not in SUPPORTED_NUM_CLASSES:
         raise ValueError(
             f"num_classes={num_classes} is not supported: FER2013 has {len(EMOTIONS)} classes "
-            f"({', '.join(EMOTIONS)}) or {SUPPORTED_NUM_CLASSES[1]} with disgust merged into angry. "
+            f"({', '.join(EMOTIONS)}) or {SUPPORTED_NUM_CLASSES[1]} with disgust merged into "
+            "angry. "
             "Choose data=fer2013 or data=fer2013_6class."
         )

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 CSV_NAMES: tuple[str, ...] = ("fer2013.csv", "icml_face_data.csv")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
-IMAGE_FOLDERS: dict[str, tuple[str, ...]] = {"train": ("Training",), "test": ("PublicTest", "PrivateTest")}
+IMAGE_FOLDERS: dict[str, tuple[str, ...]] = {
+    "train": ("Training",),
+    "test": ("PublicTest", "PrivateTest"),
+}
 CSV_COLUMNS: tuple[str, ...] = ("emotion", "pixels", "Usage")
 NUM_PIXELS = FACE_SIZE * FACE_SIZE
 

@@ -18,27 +18,22 @@ PIXEL_MEAN = 0.5077
 PIXEL_STD = 0.2550
 
 
-def to_face(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """A crop of any size, grey (H, W) or BGR(A) (H, W, 3|4), as a uint8 (size, size) grey face."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 3:
-        code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(image.shape[2])
-        if code is None:
-            raise ValueError(f"A face crop needs 1, 3 or 4 channels; got shape {image.shape}.")
-        image = cv2.cvtColor(image, code)
-    if image.ndim != 2 or min(image.shape) == 0:
-        raise ValueError(f"A face crop must be a non-empty (H, W) or (H, W, C) array; got "
-                         f"shape {image.shape}.")
-    if image.dtype != np.uint8:
-        raise ValueError(f"A face crop must be uint8 (0..255); got {image.dtype}.")
-    if image.shape != (size, size):
+def to_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """A grey uint8 crop of any size (H, W) as a (size, size) FER2013-style face."""
+    grey = np.asarray(grey)
+    if grey.ndim == 3 and grey.shape[2] == 1:
+        grey = grey[..., 0]
+    if grey.ndim != 2 or min(grey.shape) == 0:
+        raise ValueError(f"A face crop must be a non-empty grey (H, W) array; got shape "
+                         f"{grey.shape} (convert colour crops with ferlab.inference.to_grey).")
+    if grey.dtype != np.uint8:
+        raise ValueError(f"A face crop must be uint8 (0..255); got {grey.dtype}.")
+    if grey.shape != (size, size):
         # INTER_AREA for shrinking (the usual case for photo crops) avoids aliasing.
-        shrink = image.shape[0] > size or image.shape[1] > size
-        image = cv2.resize(image, (size, size),
-                           interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return image
+        shrink = grey.shape[0] > size or grey.shape[1] > size
+        grey = cv2.resize(grey, (size, size),
+                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return grey
 
 
 def preprocess(faces: torch.Tensor) -> torch.Tensor:

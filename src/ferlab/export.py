@@ -1,0 +1,35 @@
+"""Export a training checkpoint as a ferlab model file (weights + network config, no optimiser):
+
+    python -m ferlab.export runs/vgg9_e30/checkpoints/epoch029-val_acc0.6900.ckpt out.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ferlab.inference.model_file import export_model
+from ferlab.inference.recognizer import TTA_MODES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ferlab.export", description=__doc__)
+    parser.add_argument("checkpoint", help="a .ckpt file or a run directory (its last.ckpt)")
+    parser.add_argument("output", type=Path, help="the model file to write (.pt)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="flip",
+                        help="test-time augmentation the recognizer uses by default")
+    args = parser.parse_args(argv)
+    if args.output.exists() and args.output.resolve() == Path(args.checkpoint).resolve():
+        parser.error("the output would overwrite the checkpoint")
+    try:
+        path = export_model(args.checkpoint, args.output, tta=args.tta)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

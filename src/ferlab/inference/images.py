@@ -1,0 +1,72 @@
+"""Turning what users pass (paths, arrays in any colour layout, PIL images) into images."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse images above this many pixels before decoding them (decompression bombs).
+MAX_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names the input."""
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file as BGR uint8 (H, W, 3), honouring EXIF orientation."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file.")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageError(f"{path}: {image.width}x{image.height} pixels is over the "
+                                     f"limit of {max_pixels:,} (a decompression bomb?).")
+                image = ImageOps.exif_transpose(image)
+                rgb = np.asarray(image.convert("RGB"))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path}: not a supported image ({err}).") from err
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise ImageError(f"{path}: the image data is corrupt or truncated ({err}).") from err
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def to_grey(image, color_order: str = "bgr") -> np.ndarray:
+    """Grey uint8 (H, W) from a path, a PIL image, or an array: grey (H, W) / (H, W, 1),
+    colour (H, W, 3) or with alpha (H, W, 4), channels in ``color_order`` ("bgr" or "rgb")."""
+    if color_order not in ("bgr", "rgb"):
+        raise ValueError(f"color_order must be 'bgr' or 'rgb'; got {color_order!r}.")
+    if isinstance(image, (str, os.PathLike)):
+        return cv2.cvtColor(read_image(image), cv2.COLOR_BGR2GRAY)
+    if isinstance(image, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(image).convert("L"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ImageError(f"An image array must be uint8; got {array.dtype} (scale floats in "
+                         "0..1 by 255 and convert with .astype(np.uint8)).")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        rgb = color_order == "rgb"
+        code = {(3, False): cv2.COLOR_BGR2GRAY, (3, True): cv2.COLOR_RGB2GRAY,
+                (4, False): cv2.COLOR_BGRA2GRAY, (4, True): cv2.COLOR_RGBA2GRAY}
+        return cv2.cvtColor(array, code[(array.shape[2], rgb)])
+    raise ImageError(f"An image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got "
+                     f"shape {array.shape}.")

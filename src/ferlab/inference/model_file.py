@@ -1,0 +1,86 @@
+"""The exported model file: network config + weights + class names, loadable without unpickling.
+
+A ferlab model file is a ``torch.save``d dict of plain types and tensors, read back with
+``torch.load(weights_only=True)``. Its network is rebuilt from the stored ``model`` config,
+whose ``_target_`` must be a class in :mod:`ferlab.models` (a file cannot name arbitrary code).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ferlab.checkpoint import load_checkpoint
+from ferlab.data.labels import FACE_SIZE, class_names
+
+FORMAT = "ferlab-model/1"
+
+
+def export_model(ckpt_path: str | os.PathLike, output: str | os.PathLike,
+                 tta: str = "flip") -> Path:
+    """Write a checkpoint's network (no optimiser state) as a ferlab model file."""
+    module, cfg = load_checkpoint(ckpt_path)
+    recipe = {"name": cfg.get("name"), "seed": cfg.get("seed"),
+              "max_epochs": cfg.trainer.max_epochs, "checkpoint": Path(ckpt_path).name}
+    return save_model(module.model, OmegaConf.to_container(cfg.model, resolve=True),
+                      module.class_names, output, tta=tta, recipe=recipe)
+
+
+def save_model(network: nn.Module, model_cfg: dict[str, Any], classes: tuple[str, ...],
+               output: str | os.PathLike, tta: str = "none",
+               recipe: dict[str, Any] | None = None) -> Path:
+    """Save a network with the config that builds it (atomically: never a half-written file)."""
+    payload = {
+        "format": FORMAT,
+        "model": model_cfg,
+        "state_dict": {k: v.detach().cpu().clone().contiguous()
+                       for k, v in network.state_dict().items()},
+        "classes": list(classes),
+        "face_size": FACE_SIZE,
+        "tta": tta,
+        "recipe": recipe or {},
+    }
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, output)
+    return output
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The network (in eval mode) and the file's metadata (classes, tta, metrics ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No ferlab model file at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a readable ferlab model file ({err}).") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a ferlab model file (expected format {FORMAT!r}); "
+                         "export one with python -m ferlab.export ckpt_path=...")
+    model = build_network(OmegaConf.create(payload["model"]))
+    model.load_state_dict(payload["state_dict"])
+    classes = tuple(payload["classes"])
+    if classes != class_names(len(classes)):
+        raise ValueError(f"{path}: unexpected class list {classes}.")
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta["classes"] = classes
+    return model.eval(), meta
+
+
+def build_network(model_cfg: DictConfig) -> nn.Module:
+    """Instantiate a network config, allowing only classes of ferlab.models."""
+    target = str(model_cfg.get("_target_", ""))
+    if not target.startswith("ferlab.models."):
+        raise ValueError(f"Refusing to build {target!r}: a model file may only name classes in "
+                         "ferlab.models.")
+    return instantiate(model_cfg)

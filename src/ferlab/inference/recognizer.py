@@ -1,0 +1,116 @@
+"""EmotionRecognizer: the shipped (or any trained) model behind one small API."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ferlab.checkpoint import load_checkpoint
+from ferlab.data.transforms import preprocess, to_face
+from ferlab.inference.detect import FaceDetector, HaarDetector, crop, face_crop_box
+from ferlab.inference.images import to_grey
+from ferlab.inference.model_file import load_model
+
+log = logging.getLogger(__name__)
+
+SHIPPED_MODEL = "ferlab_fer2013.pt"
+TTA_MODES = ("none", "flip")
+
+
+def shipped_model_path() -> Path:
+    """The model file inside the installed package (no download, ever)."""
+    return Path(str(resources.files("ferlab") / "weights" / SHIPPED_MODEL))
+
+
+class EmotionRecognizer:
+    """Emotion probabilities for face crops (``predict_faces``) or whole images (``analyze``).
+
+    ``model``: None for the shipped model, a ferlab model file (``.pt``), a training checkpoint
+    (``.ckpt``) or a run directory. ``tta``: "flip" averages each face with its mirror image;
+    None uses the model file's own setting ("none" for checkpoints).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu",
+                 tta: str | None = None, detector: FaceDetector | None = None,
+                 batch_size: int = 256, margin: float = 0.1) -> None:
+        path = Path(model) if model is not None else shipped_model_path()
+        if path.is_dir() or path.suffix == ".ckpt":
+            module, cfg = load_checkpoint(path)
+            network, self.classes = module.model, tuple(module.class_names)
+            self.meta: dict[str, Any] = {"source": str(path), "tta": "none"}
+        else:
+            network, self.meta = load_model(path)
+            self.classes = tuple(self.meta["classes"])
+        self.tta = tta if tta is not None else self.meta.get("tta", "none")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}; got {self.tta!r}.")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.detector = detector
+        self.batch_size = batch_size
+        self.margin = margin
+
+    # --- faces -------------------------------------------------------------------------------
+    def predict_faces(self, faces: np.ndarray | Sequence[np.ndarray],
+                      color_order: str = "bgr") -> np.ndarray:
+        """Probabilities (N, len(classes)) for uint8 faces (N, 48, 48) or a list of crops of any
+        size, grey or colour (channels in ``color_order``)."""
+        batch = self._as_faces(faces, color_order)
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        out = [self._probabilities(torch.from_numpy(batch[i:i + self.batch_size]))
+               for i in range(0, len(batch), self.batch_size)]
+        return np.concatenate(out)
+
+    def _as_faces(self, faces, color_order: str) -> np.ndarray:  # (N, 48, 48) uint8
+        if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.dtype == np.uint8:
+            crops = list(faces)
+        elif isinstance(faces, np.ndarray) and faces.ndim in (2, 4):
+            raise ValueError(f"faces must be a uint8 batch (N, H, W) or a list of crops; got an "
+                             f"array of shape {faces.shape} (wrap a single crop in a list).")
+        else:
+            crops = list(faces)
+        if not crops:
+            return np.zeros((0, 48, 48), np.uint8)
+        return np.stack([to_face(to_grey(c, color_order)) for c in crops])
+
+    @torch.inference_mode()
+    def _probabilities(self, faces: torch.Tensor) -> np.ndarray:
+        x = preprocess(faces.to(self.device))
+        logits = self.network(x).float()
+        probs = torch.softmax(logits, dim=1)
+        if self.tta == "flip":
+            probs = (probs + torch.softmax(self.network(x.flip(-1)).float(), dim=1)) / 2
+        return probs.cpu().numpy()
+
+    # --- whole images ------------------------------------------------------------------------
+    def analyze(self, image, color_order: str = "bgr") -> list[dict[str, Any]]:
+        """One record per detected face, largest first:
+        ``{"box": [x, y, w, h], "label", "score", "probabilities": {class: p}}``."""
+        grey = to_grey(image, color_order)
+        if self.detector is None:
+            self.detector = HaarDetector()
+        boxes = sorted(self.detector.detect(grey), key=lambda b: b.area, reverse=True)
+        if not boxes:
+            return []
+        crops = [crop(grey, face_crop_box(b, grey.shape, self.margin)) for b in boxes]
+        probs = self.predict_faces(crops)
+        return [self._record(box, p) for box, p in zip(boxes, probs)]
+
+    def _record(self, box, probs: np.ndarray) -> dict[str, Any]:
+        best = int(np.argmax(probs))
+        return {
+            "box": box.as_list(),
+            "label": self.classes[best],
+            "score": float(probs[best]),
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probs)},
+        }

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferlab import EmotionRecognizer
+from ferlab.data import EMOTIONS, class_names
+from ferlab.inference.model_file import load_model, save_model
+from ferlab.inference.recognizer import shipped_model_path
+from ferlab.models import VGG
+
+TINY = {"_target_": "ferlab.models.VGG", "stages": [[4], [8]], "hidden": [16], "num_classes": 7}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    net = VGG(**{k: v for k, v in TINY.items() if k != "_target_"})
+    return save_model(net, TINY, EMOTIONS, tmp_path_factory.mktemp("m") / "tiny.pt")
+
+
+def _faces(n=5, size=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+def test_predict_faces_batch(model_file):
+    r = EmotionRecognizer(model_file)
+    assert r.classes == EMOTIONS
+    probs = r.predict_faces(_faces())
+    assert probs.shape == (5, 7) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert (probs >= 0).all()
+
+
+def test_crops_of_any_size_and_colour(model_file):
+    r = EmotionRecognizer(model_file)
+    grey = _faces(1, 96)[0]
+    crops = [grey, np.stack([grey] * 3, -1), np.dstack([grey] * 3 + [np.full_like(grey, 255)]),
+             grey[..., None], _faces(1, 48)[0][:40, :30]]
+    probs = r.predict_faces(crops)
+    assert probs.shape == (5, 7)
+    # a grey picture gives the same answer in every colour layout
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-5)
+    np.testing.assert_allclose(probs[0], probs[2], atol=1e-5)
+    np.testing.assert_allclose(probs[0], probs[3], atol=1e-6)
+
+
+def test_empty_input(model_file):
+    assert EmotionRecognizer(model_file).predict_faces([]).shape == (0, 7)
+
+
+def test_bad_face_input_is_explained(model_file):
+    r = EmotionRecognizer(model_file)
+    with pytest.raises(ValueError, match="wrap a single crop in a list"):
+        r.predict_faces(_faces(1)[0])
+    with pytest.raises(ValueError, match="uint8"):
+        r.predict_faces([np.zeros((48, 48), np.float32)])
+
+
+def test_flip_tta_is_mirror_invariant(model_file):
+    r = EmotionRecognizer(model_file, tta="flip")
+    faces = _faces()
+    np.testing.assert_allclose(r.predict_faces(faces), r.predict_faces(faces[:, :, ::-1].copy()),
+                               atol=1e-6)
+    plain = EmotionRecognizer(model_file, tta="none").predict_faces(faces)
+    assert not np.allclose(plain, r.predict_faces(faces))
+
+
+def test_batching_does_not_change_results(model_file):
+    faces = _faces(9)
+    a = EmotionRecognizer(model_file, batch_size=2).predict_faces(faces)
+    b = EmotionRecognizer(model_file, batch_size=64).predict_faces(faces)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_model_file_refuses_foreign_code(tmp_path):
+    torch.save({"format": "ferlab-model/1", "model": {"_target_": "os.system", "command": "x"},
+                "state_dict": {}, "classes": list(EMOTIONS)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="only name classes in ferlab.models"):
+        load_model(tmp_path / "evil.pt")
+
+
+def test_not_a_model_file(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable ferlab model file"):
+        load_model(tmp_path / "x.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "y.pt")
+    with pytest.raises(ValueError, match="not a ferlab model file"):
+        load_model(tmp_path / "y.pt")
+    with pytest.raises(FileNotFoundError):
+        EmotionRecognizer(tmp_path / "missing.pt")
+
+
+def test_six_class_model_file(tmp_path):
+    cfg = {**TINY, "num_classes": 6}
+    net = VGG(stages=[[4], [8]], hidden=[16], num_classes=6)
+    path = save_model(net, cfg, class_names(6), tmp_path / "six.pt")
+    r = EmotionRecognizer(path)
+    assert r.classes == class_names(6) and r.predict_faces(_faces(2)).shape == (2, 6)
+
+
+def test_analyze_without_faces_is_empty(model_file):
+    r = EmotionRecognizer(model_file)
+    assert r.analyze(np.full((200, 300, 3), 127, np.uint8)) == []
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    """A real photograph shipped inside matplotlib (Grace Hopper), as RGB."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        return np.asarray(Image.open(handle).convert("RGB"))
+
+
+def test_analyze_real_photo_in_every_layout(model_file, portrait, tmp_path):
+    import cv2
+
+    r = EmotionRecognizer(model_file)
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)
+    path = tmp_path / "hopper.png"
+    cv2.imwrite(str(path), bgr)
+    inputs = {
+        "bgr": (bgr, "bgr"), "rgb": (portrait, "rgb"),
+        "grey": (cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), "bgr"),
+        "rgba": (np.dstack([portrait, np.full(portrait.shape[:2], 255, np.uint8)]), "rgb"),
+        "pil": (Image.fromarray(portrait), "bgr"), "path": (path, "bgr"), "str": (str(path), "bgr"),
+    }
+    results = {name: r.analyze(image, color_order=order) for name, (image, order) in inputs.items()}
+    h, w = portrait.shape[:2]
+    for name, faces in results.items():
+        assert len(faces) == 1, name
+        face = faces[0]
+        x, y, bw, bh = face["box"]
+        assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h and bw >= 40
+        assert face["label"] in EMOTIONS
+        assert face["score"] == max(face["probabilities"].values())
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert results["bgr"][0]["box"] == results["rgb"][0]["box"] == results["path"][0]["box"]
+
+
+def test_recognizer_from_checkpoint_matches_exported_file(make_cfg, tmp_path):
+    from ferlab.export import main as export_main
+    from ferlab.train import train
+
+    out = tmp_path / "run"
+    train(make_cfg(["model=baseline", "trainer.max_epochs=1", "test=false",
+                    "module/scheduler=none"], output_dir=out))
+    assert export_main([str(out), str(tmp_path / "m.pt"), "--tta", "none"]) == 0
+    faces = _faces(6)
+    from_ckpt = EmotionRecognizer(out).predict_faces(faces)
+    from_file = EmotionRecognizer(tmp_path / "m.pt").predict_faces(faces)
+    np.testing.assert_allclose(from_ckpt, from_file, atol=1e-6)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert not any("optimizer" in k for k in payload) and payload["tta"] == "none"
+
+
+def test_recognizer_agrees_with_the_evaluation_path(make_cfg, tmp_path, csv_root):
+    """Inference and evaluation share one preprocessing: same faces, same probabilities."""
+    import lightning as L
+
+    from ferlab.data import FER2013DataModule
+    from ferlab.evaluate import predict_split
+    from ferlab.train import train
+
+    out = tmp_path / "run"
+    train(make_cfg(["model=baseline", "trainer.max_epochs=1", "test=false",
+                    "module/scheduler=none"], output_dir=out))
+    r = EmotionRecognizer(out, tta="none")
+    dm = FER2013DataModule(csv_root, eval_batch_size=16)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    from ferlab.checkpoint import load_checkpoint
+
+    module, _ = load_checkpoint(out)
+    probs, _ = predict_split(module, dm, "test", trainer)
+    dm.setup()
+    faces = dm.datasets["test"].faces[:, 0].numpy()
+    np.testing.assert_allclose(r.predict_faces(faces), probs.numpy(), atol=1e-5)
+
+
+@pytest.mark.skipif(not shipped_model_path().is_file(), reason="no shipped model in this checkout")
+def test_shipped_model_loads_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    r = EmotionRecognizer()
+    assert r.classes == EMOTIONS
+    assert r.predict_faces(_faces(2)).shape == (2, 7)
+    assert shipped_model_path().stat().st_size < 10_000_000
