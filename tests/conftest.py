@@ -82,3 +82,31 @@ requires_real_data = pytest.mark.skipif(
     not real_data_available(),
     reason=f"FER2013 not found at {REAL_DATA.resolve()} (set FERLAB_DATA to the data root)",
 )
+
+
+TINY = {"_target_": "ferlab.models.VGG", "stages": [[4], [8]], "hidden": [16], "num_classes": 7}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """An untrained tiny network saved as a ferlab model file (for inference plumbing)."""
+    import torch
+
+    from ferlab.data import EMOTIONS
+    from ferlab.inference.model_file import save_model
+    from ferlab.models import VGG
+
+    torch.manual_seed(0)
+    net = VGG(**{k: v for k, v in TINY.items() if k != "_target_"})
+    return save_model(net, TINY, EMOTIONS, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def portrait():
+    """A real photograph shipped inside matplotlib (Grace Hopper), as RGB (600, 512, 3)."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        return np.asarray(Image.open(handle).convert("RGB"))

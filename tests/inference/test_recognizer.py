@@ -12,15 +12,12 @@ from ferlab.data import EMOTIONS, class_names
 from ferlab.inference.model_file import load_model, save_model
 from ferlab.inference.recognizer import shipped_model_path
 from ferlab.models import VGG
-
-TINY = {"_target_": "ferlab.models.VGG", "stages": [[4], [8]], "hidden": [16], "num_classes": 7}
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    net = VGG(**{k: v for k, v in TINY.items() if k != "_target_"})
-    return save_model(net, TINY, EMOTIONS, tmp_path_factory.mktemp("m") / "tiny.pt")
+def model_file(tiny_model_file):
+    return tiny_model_file
 
 
 def _faces(n=5, size=48, seed=0):
@@ -106,15 +103,6 @@ def test_six_class_model_file(tmp_path):
 def test_analyze_without_faces_is_empty(model_file):
     r = EmotionRecognizer(model_file)
     assert r.analyze(np.full((200, 300, 3), 127, np.uint8)) == []
-
-
-@pytest.fixture(scope="module")
-def portrait() -> np.ndarray:
-    """A real photograph shipped inside matplotlib (Grace Hopper), as RGB."""
-    from matplotlib import cbook
-
-    with cbook.get_sample_data("grace_hopper.jpg") as handle:
-        return np.asarray(Image.open(handle).convert("RGB"))
 
 
 def test_analyze_real_photo_in_every_layout(model_file, portrait, tmp_path):

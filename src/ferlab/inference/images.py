@@ -46,27 +46,37 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def to_grey(image, color_order: str = "bgr") -> np.ndarray:
-    """Grey uint8 (H, W) from a path, a PIL image, or an array: grey (H, W) / (H, W, 1),
+def as_bgr(image, color_order: str = "bgr") -> np.ndarray:
+    """BGR uint8 (H, W, 3) from a path, a PIL image, or an array: grey (H, W) / (H, W, 1),
     colour (H, W, 3) or with alpha (H, W, 4), channels in ``color_order`` ("bgr" or "rgb")."""
     if color_order not in ("bgr", "rgb"):
         raise ValueError(f"color_order must be 'bgr' or 'rgb'; got {color_order!r}.")
     if isinstance(image, (str, os.PathLike)):
-        return cv2.cvtColor(read_image(image), cv2.COLOR_BGR2GRAY)
+        return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(ImageOps.exif_transpose(image).convert("L"))
+        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ImageError(f"An image array must be uint8; got {array.dtype} (scale floats in "
                          "0..1 by 255 and convert with .astype(np.uint8)).")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        return array
-    if array.ndim == 3 and array.shape[2] in (3, 4):
+    if array.ndim == 2 and min(array.shape) > 0:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    if array.ndim == 3 and array.shape[2] in (3, 4) and min(array.shape[:2]) > 0:
         rgb = color_order == "rgb"
-        code = {(3, False): cv2.COLOR_BGR2GRAY, (3, True): cv2.COLOR_RGB2GRAY,
-                (4, False): cv2.COLOR_BGRA2GRAY, (4, True): cv2.COLOR_RGBA2GRAY}
-        return cv2.cvtColor(array, code[(array.shape[2], rgb)])
-    raise ImageError(f"An image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got "
-                     f"shape {array.shape}.")
+        code = {(3, True): cv2.COLOR_RGB2BGR, (4, False): cv2.COLOR_BGRA2BGR,
+                (4, True): cv2.COLOR_RGBA2BGR}.get((array.shape[2], rgb))
+        return np.ascontiguousarray(array) if code is None else cv2.cvtColor(array, code)
+    raise ImageError(f"An image array must be non-empty (H, W), (H, W, 1), (H, W, 3) or "
+                     f"(H, W, 4); got shape {array.shape}.")
+
+
+def to_grey(image, color_order: str = "bgr") -> np.ndarray:
+    """Grey uint8 (H, W) from anything :func:`as_bgr` accepts."""
+    array = image if isinstance(image, np.ndarray) else None
+    if array is not None and array.dtype == np.uint8 and (
+            array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1)):
+        return array.reshape(array.shape[:2])  # already grey: no round trip through colour
+    return cv2.cvtColor(as_bgr(image, color_order), cv2.COLOR_BGR2GRAY)

@@ -15,7 +15,7 @@ import torch
 from ferlab.checkpoint import load_checkpoint
 from ferlab.data.transforms import preprocess, to_face
 from ferlab.inference.detect import FaceDetector, HaarDetector, crop, face_crop_box
-from ferlab.inference.images import to_grey
+from ferlab.inference.images import as_bgr, to_grey
 from ferlab.inference.model_file import load_model
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,11 @@ class EmotionRecognizer:
     def analyze(self, image, color_order: str = "bgr") -> list[dict[str, Any]]:
         """One record per detected face, largest first:
         ``{"box": [x, y, w, h], "label", "score", "probabilities": {class: p}}``."""
-        grey = to_grey(image, color_order)
+        bgr = as_bgr(image, color_order)
+        grey = to_grey(bgr)
         if self.detector is None:
             self.detector = HaarDetector()
-        boxes = sorted(self.detector.detect(grey), key=lambda b: b.area, reverse=True)
+        boxes = sorted(self.detector.detect(bgr), key=lambda b: b.area, reverse=True)
         if not boxes:
             return []
         crops = [crop(grey, face_crop_box(b, grey.shape, self.margin)) for b in boxes]
