@@ -53,3 +53,58 @@ def test_confusion_figure_is_row_normalised():
     assert texts == ["0.00", "0.25", "0.75", "1.00"]
     counts = confusion_figure(np.array([[3, 1], [0, 2]]), ["a", "b"], normalize=False)
     assert sorted(t.get_text() for t in counts.axes[0].texts) == ["0", "1", "2", "3"]
+
+
+# --- evaluation report metrics: known answers --------------------------------------------------
+
+def test_evaluation_metrics_known_answers():
+    from ferlab.metrics import evaluation_metrics
+
+    m = evaluation_metrics(PROBS, LABELS, ["a", "b", "c"])
+    assert m["n"] == 6 and m["acc"] == pytest.approx(0.5) and m["acc_top2"] == pytest.approx(4 / 6)
+    assert "acc_top3" not in m  # top-3 of three classes is always right: not reported
+    expected_nll = -np.log(PROBS[torch.arange(6), LABELS].numpy()).mean()
+    assert m["nll"] == pytest.approx(expected_nll, rel=1e-5)
+    # class a: predicted a for rows 0, 3, 5 (one right) -> precision 1/3, recall 1/2
+    assert m["per_class"]["a"]["precision"] == pytest.approx(1 / 3)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(1 / 2)
+    assert m["per_class"]["a"]["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert m["per_class"]["c"]["support"] == 2
+    # wrong rows 1, 3, 5: the truth was 3rd, 2nd, 3rd
+    assert m["wrong_answer_rank"] == {"2": 1, "3": 2}
+
+
+def test_expected_calibration_error_known_answer():
+    from ferlab.metrics import evaluation_metrics
+
+    # every prediction has confidence 0.8; half are right -> ECE = |0.8 - 0.5| = 0.3
+    probs = torch.tensor([[0.8, 0.2]] * 4)
+    labels = torch.tensor([0, 0, 1, 1])
+    assert evaluation_metrics(probs, labels, ["x", "y"])["ece"] == pytest.approx(0.3)
+    # perfectly calibrated: confidence 1.0 and always right
+    assert evaluation_metrics(torch.eye(2), torch.tensor([0, 1]), ["x", "y"])["ece"] == 0
+
+
+def test_true_class_rank():
+    from ferlab.metrics import true_class_rank
+
+    assert true_class_rank(PROBS, LABELS).tolist() == [0, 2, 0, 1, 0, 2]
+
+
+def test_fold_probabilities_merges_disgust_into_angry():
+    from ferlab.data.labels import label_map
+    from ferlab.metrics import fold_probabilities
+
+    probs = torch.tensor([[0.1, 0.3, 0.1, 0.2, 0.1, 0.1, 0.1]])
+    folded = fold_probabilities(probs, label_map(6), 6)
+    assert torch.allclose(folded, torch.tensor([[0.4, 0.1, 0.2, 0.1, 0.1, 0.1]]))
+
+
+def test_report_figures_render():
+    from ferlab.metrics import mistakes_figure, rank_figure, reliability_figure
+
+    faces = np.zeros((6, 48, 48), np.uint8)
+    fig = mistakes_figure(faces, PROBS, LABELS, ["a", "b", "c"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 3 and titles[0].startswith("T a\nP b")  # most confident mistake first
+    assert reliability_figure(PROBS, LABELS).axes and rank_figure({"2": 1, "3": 2}).axes

@@ -143,15 +143,23 @@ def test_evaluate_writes_report(make_cfg, tmp_path, csv_root):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[f"ckpt_path={out / 'checkpoints/last.ckpt'}",
-                                         f"data_root={csv_root}", "accelerator=cpu",
+                                         f"data_root={csv_root}", "device=cpu", "tta=flip",
                                          f"output_dir={tmp_path / 'eval'}"])
     report = evaluate(cfg)
     saved = json.loads((tmp_path / "eval/metrics.json").read_text())
-    assert saved["test"]["n"] == 14 and saved["val"]["n"] == 14
-    assert saved["test"]["test/acc"] == pytest.approx(report["test"]["test/acc"])
-    assert sum(map(sum, saved["test"]["confusion_matrix"])) == 14
-    assert (tmp_path / "eval/confusion_matrix_test.png").stat().st_size > 1000
-    assert (tmp_path / "eval/confusion_matrix_val.png").is_file()
+    test = saved["datasets"]["test"]
+    assert test["n"] == 14 and saved["datasets"]["val"]["n"] == 14
+    assert test["acc"] == pytest.approx(report["datasets"]["test"]["acc"])
+    assert sum(map(sum, test["confusion_matrix"])) == 14
+    assert {"acc", "acc_macro", "acc_top2", "acc_top3", "nll", "ece", "per_class",
+            "wrong_answer_rank", "six_class", "no_tta", "clean"} <= set(test)
+    assert test["clean"]["removed"] == 0  # the synthetic faces are all different
+    assert set(test["per_class"]["happy"]) == {"precision", "recall", "f1", "support"}
+    for figure in ("confusion_counts", "confusion_normalised", "per_class", "reliability",
+                   "wrong_answer_rank", "mistakes"):
+        assert (tmp_path / f"eval/test_{figure}.png").stat().st_size > 1000
+    text = (tmp_path / "eval/report.md").read_text()
+    assert "| test | 14 |" in text and "![mistakes](test_mistakes.png)" in text
 
 
 # --- the command lines, as a user types them ---------------------------------------------------
@@ -196,7 +204,7 @@ def test_cli_run_dir_and_evaluate(tmp_path, csv_root):
                   data=csv_root, module="ferlab.evaluate")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test: acc=" in result.stdout
-    assert (tmp_path / "ev/metrics.json").is_file()
+    assert (tmp_path / "ev/metrics.json").is_file() and (tmp_path / "ev/report.md").is_file()
 
 
 def test_cli_resume_keeps_original_record(tmp_path, csv_root):

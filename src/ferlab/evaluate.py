@@ -1,89 +1,140 @@
-"""Evaluate a checkpoint: ``python -m ferlab.evaluate ckpt_path=<run dir or .ckpt>``.
+"""Evaluate a checkpoint and write a report directory:
 
-Writes ``metrics.json`` and a confusion-matrix PNG per split to the output directory.
+    python -m ferlab.evaluate ckpt_path=<run dir or .ckpt> [splits=[test,val]] [tta=flip]
+    python -m ferlab.evaluate ckpt_path=... folder=/data/ckplus detect_faces=false
+
+``metrics.json`` (accuracy, macro, top-2/3, per-class precision/recall/F1/support, NLL, ECE,
+the six-class view, the clean-test view, the TTA change), figures and ``report.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
-import lightning as L
-import matplotlib.pyplot as plt
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ferlab.checkpoint import find_checkpoint, load_checkpoint, write_json
+from ferlab.checkpoint import find_checkpoint, write_json
 from ferlab.config import CONFIG_DIR
-from ferlab.data import SPLITS, FER2013DataModule
+from ferlab.data import SPLITS, load_faces, remap_labels, to_face
+from ferlab.data.duplicates import duplicated_in
+from ferlab.data.folders import read_labelled_folder
+from ferlab.data.labels import EMOTIONS, class_names, label_map
 from ferlab.data.sources import DataFormatError
-from ferlab.metrics import classification_metrics, confusion_figure, confusion_matrix
-from ferlab.module import EmotionModule
+from ferlab.inference.detect import crop, face_crop_box, make_detector
+from ferlab.inference.images import ImageError, read_image, to_grey
+from ferlab.inference.recognizer import EmotionRecognizer
+from ferlab.metrics import evaluation_metrics, fold_probabilities
+from ferlab.report import markdown, save_figures
 
 log = logging.getLogger(__name__)
 
 
-def predict_split(module: EmotionModule, datamodule: FER2013DataModule, split: str,
-                  trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities (N, C) and labels (N,) of one split, through the shared preprocessing."""
-    datamodule.predict_split = split
-    batches = trainer.predict(module, datamodule=datamodule)
-    probs, labels = zip(*batches)
-    return torch.cat(probs), torch.cat(labels)
-
-
-def evaluate(cfg: DictConfig) -> dict[str, dict]:
-    """Metrics and confusion matrices of a checkpoint on the requested splits."""
-    ckpt = find_checkpoint(cfg.ckpt_path)
-    module, run_cfg = load_checkpoint(ckpt)
-    num_classes = run_cfg.data.num_classes
-    datamodule = FER2013DataModule(root=cfg.data_root, num_classes=num_classes,
-                                   eval_batch_size=cfg.batch_size, cache_dir=cfg.paths.cache)
-    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    output_dir = Path(cfg.output_dir)
-    report: dict[str, dict] = {"checkpoint": {"path": str(ckpt.resolve()),
-                                              "model": run_cfg.model._target_,
-                                              "num_classes": num_classes}}
-    for split in _check_splits(cfg.splits):
-        probs, labels = predict_split(module, datamodule, split, trainer)
-        metrics = classification_metrics(num_classes, split)(probs, labels)
-        counts = confusion_matrix(num_classes)(probs.argmax(1), labels)
-        report[split] = {k: float(v) for k, v in metrics.items()}
-        report[split]["n"] = len(labels)
-        report[split]["confusion_matrix"] = counts.tolist()
-        fig = confusion_figure(counts, module.class_names,
-                               title=f"{split}: acc {report[split][f'{split}/acc']:.4f}")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output_dir / f"confusion_matrix_{split}.png")
-        plt.close(fig)
-        log.info("%s: %s", split, {k: round(v, 4) for k, v in report[split].items()
-                                   if isinstance(v, float)})
-    write_json(output_dir / "metrics.json", report)
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on FER2013 splits or a labelled folder; write the report."""
+    recognizer = EmotionRecognizer(find_checkpoint(cfg.ckpt_path), device=cfg.device,
+                                   tta=cfg.tta, batch_size=cfg.batch_size)
+    classes = recognizer.classes
+    out = Path(cfg.output_dir)
+    report: dict[str, Any] = {
+        "model": {"source": str(Path(cfg.ckpt_path)), "num_classes": len(classes),
+                  "network": type(recognizer.network).__name__, "classes": list(classes)},
+        "tta": cfg.tta, "datasets": {},
+    }
+    figures = {}
+    for name, data in _datasets(cfg, classes, recognizer).items():
+        faces, labels = data.pop("faces"), torch.as_tensor(data.pop("labels"))
+        if len(labels) == 0:
+            raise ValueError(f"{name}: no faces to evaluate ({data}).")
+        probs = torch.from_numpy(recognizer.predict_faces(faces))
+        metrics = evaluation_metrics(probs, labels, classes)
+        metrics.update(data.pop("info", {}))
+        if cfg.tta != "none" and cfg.compare_tta:
+            recognizer.tta = "none"
+            plain = torch.from_numpy(recognizer.predict_faces(faces))
+            recognizer.tta = cfg.tta
+            metrics["no_tta"] = _headline(plain, labels, classes)
+        if len(classes) == len(EMOTIONS):
+            six = class_names(len(EMOTIONS) - 1)
+            metrics["six_class"] = evaluation_metrics(
+                fold_probabilities(probs, label_map(len(six)), len(six)),
+                torch.as_tensor(remap_labels(labels.numpy(), len(six))), six)
+        if "train_faces" in data:
+            copies = duplicated_in(faces, data.pop("train_faces"))
+            keep = torch.from_numpy(~copies)
+            metrics["clean"] = {"removed": int(copies.sum()), "n": int(keep.sum()),
+                                **_headline(probs[keep], labels[keep], classes)}
+        report["datasets"][name] = metrics
+        figures[name] = save_figures(out, name, faces, probs, labels, metrics, classes)
+        log.info("%s: acc %.4f, macro %.4f, top-2 %.4f (n=%d)", name, metrics["acc"],
+                 metrics["acc_macro"], metrics.get("acc_top2", float("nan")), metrics["n"])
+    write_json(out / "metrics.json", report)
+    (out / "report.md").write_text(markdown(report, figures))
     return report
 
 
-def _check_splits(splits: Sequence[str]) -> list[str]:
-    unknown = [s for s in splits if s not in SPLITS]
+def _headline(probs: torch.Tensor, labels: torch.Tensor, classes) -> dict[str, float]:
+    m = evaluation_metrics(probs, labels, classes)
+    return {k: m[k] for k in ("acc", "acc_macro", "acc_top2") if k in m}
+
+
+def _datasets(cfg: DictConfig, classes: tuple[str, ...],
+              recognizer: EmotionRecognizer) -> dict[str, dict[str, Any]]:
+    """{name: {"faces", "labels", ["train_faces"], ["info"]}} for the requested data."""
+    if cfg.folder:
+        loaded = read_labelled_folder(cfg.folder, classes, _face_loader(cfg, recognizer),
+                                      class_map=OmegaConf.to_container(cfg.class_map),
+                                      unreadable_errors=(ImageError, OSError))
+        info = {"excluded_classes": loaded.excluded_classes, "no_face": len(loaded.no_face),
+                "unreadable": loaded.unreadable}
+        return {Path(cfg.folder).name: {"faces": loaded.faces, "labels": loaded.labels,
+                                        "info": info}}
+    unknown = [s for s in cfg.splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"Unknown split(s) {unknown}; choose from {list(SPLITS)}.")
-    return list(splits)
+    table = load_faces(cfg.data_root, cfg.paths.cache)
+    train_faces = table.select("train").faces
+    datasets = {}
+    for split in cfg.splits:
+        part = table.select(split)
+        datasets[split] = {"faces": part.faces,
+                           "labels": remap_labels(part.labels, len(classes))}
+        if cfg.clean_test and split != "train":
+            datasets[split]["train_faces"] = train_faces
+    return datasets
+
+
+def _face_loader(cfg: DictConfig, recognizer: EmotionRecognizer):
+    detector = make_detector(cfg.detector) if cfg.detect_faces else None
+
+    def load(path: Path) -> np.ndarray | None:
+        image = read_image(path)
+        grey = to_grey(image)
+        if detector is None:
+            return to_face(grey)
+        boxes = sorted(detector.detect(image), key=lambda b: b.area, reverse=True)
+        if not boxes:
+            return None
+        return to_face(crop(grey, face_crop_box(boxes[0], grey.shape, recognizer.margin)))
+
+    return load
 
 
 def _run(cfg: DictConfig) -> None:
     try:
         report = evaluate(cfg)
-    except (DataFormatError, FileNotFoundError) as err:  # incl. a missing data root
+    except (DataFormatError, FileNotFoundError, ValueError) as err:  # incl. a missing data root
         log.error("%s", err)
         sys.exit(2)
-    for split in cfg.splits:
-        values = {k.split("/")[1]: v for k, v in report[split].items() if isinstance(v, float)}
-        print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
-    print(f"report: {Path(cfg.output_dir) / 'metrics.json'}")
+    for name, m in report["datasets"].items():
+        print(f"{name}: acc={m['acc']:.4f} acc_macro={m['acc_macro']:.4f} "
+              f"acc_top2={m.get('acc_top2', float('nan')):.4f} n={m['n']}")
+    print(f"report: {Path(cfg.output_dir) / 'report.md'}")
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.model_file import export_model
-from ferlab.inference.recognizer import TTA_MODES
 
 
 def main(argv: list[str] | None = None) -> int:

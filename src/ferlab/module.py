@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 
 from ferlab.data.labels import EMOTIONS, class_names
+from ferlab.data.transforms import TTA_MODES, tta_views
 from ferlab.metrics import (
     classification_metrics,
     confusion_figure,
@@ -47,6 +48,7 @@ class EmotionModule(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -62,6 +64,9 @@ class EmotionModule(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}; got {tta!r}.")
+        self.tta = tta  # test-time augmentation of predict_step (evaluation)
 
         # ModuleDict keys may not shadow nn.Module attributes such as "train"
         self.metrics = nn.ModuleDict(
@@ -109,9 +114,9 @@ class EmotionModule(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities (B, C) and the batch's labels."""
+        """Class probabilities (B, C), averaged over the test-time views, and the labels."""
         x, y = batch
-        return torch.softmax(self(x).float(), dim=1), y
+        return predict_probabilities(self, x, self.tta), y
 
     # --- epoch ends ----------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -168,3 +173,10 @@ class EmotionModule(L.LightningModule):
                              "interval": self.scheduler_interval,
                              "monitor": self.scheduler_monitor},
         }
+
+
+def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                          tta: str = "none") -> torch.Tensor:
+    """Softmax probabilities (B, C) of a preprocessed batch, averaged over test-time views."""
+    views = tta_views(x, tta)
+    return sum(torch.softmax(network(v).float(), dim=1) for v in views) / len(views)

@@ -86,3 +86,18 @@ def test_to_face_rejects_bad_crops():
         to_face(np.zeros((48, 48, 3), np.uint8))
     with pytest.raises(ValueError, match="non-empty"):
         to_face(np.zeros((0, 48), np.uint8))
+
+
+def test_tta_views():
+    from ferlab.data.transforms import tta_views
+
+    x = _batch(3)
+    assert len(tta_views(x, "none")) == 1
+    plain, mirror = tta_views(x, "flip")
+    assert torch.equal(mirror, x.flip(-1))
+    crops = tta_views(x, "tencrop")
+    assert len(crops) == 10 and all(v.shape == x.shape for v in crops)
+    # the second five are crops of the mirror image: its top-left is the mirrored top-right
+    assert torch.allclose(crops[5], crops[1].flip(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="tencrop"):
+        tta_views(x, "rotate")

@@ -147,27 +147,25 @@ def test_recognizer_from_checkpoint_matches_exported_file(make_cfg, tmp_path):
     assert not any("optimizer" in k for k in payload) and payload["tta"] == "none"
 
 
-def test_recognizer_agrees_with_the_evaluation_path(make_cfg, tmp_path, csv_root):
-    """Inference and evaluation share one preprocessing: same faces, same probabilities."""
+def test_recognizer_agrees_with_the_training_path(make_cfg, tmp_path, csv_root):
+    """Inference and validation share one preprocessing: same faces, same probabilities."""
     import lightning as L
 
+    from ferlab.checkpoint import load_checkpoint
     from ferlab.data import FER2013DataModule
-    from ferlab.evaluate import predict_split
     from ferlab.train import train
 
     out = tmp_path / "run"
     train(make_cfg(["model=baseline", "trainer.max_epochs=1", "test=false",
                     "module/scheduler=none"], output_dir=out))
-    r = EmotionRecognizer(out, tta="none")
-    dm = FER2013DataModule(csv_root, eval_batch_size=16)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    from ferlab.checkpoint import load_checkpoint
-
     module, _ = load_checkpoint(out)
-    probs, _ = predict_split(module, dm, "test", trainer)
-    dm.setup()
+    dm = FER2013DataModule(csv_root, eval_batch_size=16)
+    dm.predict_split = "test"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    probs = torch.cat([p for p, _ in trainer.predict(module, datamodule=dm)])
     faces = dm.datasets["test"].faces[:, 0].numpy()
-    np.testing.assert_allclose(r.predict_faces(faces), probs.numpy(), atol=1e-5)
+    recognizer = EmotionRecognizer(out, tta="none")
+    np.testing.assert_allclose(recognizer.predict_faces(faces), probs.numpy(), atol=1e-5)
 
 
 @pytest.mark.skipif(not shipped_model_path().is_file(), reason="no shipped model in this checkout")

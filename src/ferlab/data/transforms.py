@@ -119,3 +119,25 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return (f"flip={self.flip}, shift={self.shift}, rotate={self.rotate}, scale={self.scale}, "
                 f"erase={self.erase}, erase_area={self.erase_area}")
+
+
+TTA_MODES = ("none", "flip", "tencrop")
+
+
+def tta_views(x: torch.Tensor, mode: str = "none", crop: float = 0.875) -> list[torch.Tensor]:
+    """Test-time views of a preprocessed batch (B, C, H, W); predictions average over them.
+
+    "flip": the batch and its mirror. "tencrop": four corner crops and the centre crop of
+    ``crop`` of the side, each resized back to (H, W), and their mirrors.
+    """
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, x.flip(-1)]
+    if mode == "tencrop":
+        from torchvision.transforms.v2.functional import ten_crop
+
+        size = [round(x.shape[-2] * crop), round(x.shape[-1] * crop)]
+        return [F.interpolate(view, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                for view in ten_crop(x, size)]
+    raise ValueError(f"Unknown test-time augmentation {mode!r}; choose one of {TTA_MODES}.")

@@ -13,15 +13,15 @@ import numpy as np
 import torch
 
 from ferlab.checkpoint import load_checkpoint
-from ferlab.data.transforms import preprocess, to_face
+from ferlab.data.transforms import TTA_MODES, preprocess, to_face
 from ferlab.inference.detect import FaceDetector, HaarDetector, crop, face_crop_box
 from ferlab.inference.images import as_bgr, to_grey
 from ferlab.inference.model_file import load_model
+from ferlab.module import predict_probabilities
 
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "ferlab_fer2013.pt"
-TTA_MODES = ("none", "flip")
 
 
 def shipped_model_path() -> Path:
@@ -86,11 +86,7 @@ class EmotionRecognizer:
     @torch.inference_mode()
     def _probabilities(self, faces: torch.Tensor) -> np.ndarray:
         x = preprocess(faces.to(self.device))
-        logits = self.network(x).float()
-        probs = torch.softmax(logits, dim=1)
-        if self.tta == "flip":
-            probs = (probs + torch.softmax(self.network(x.flip(-1)).float(), dim=1)) / 2
-        return probs.cpu().numpy()
+        return predict_probabilities(self.network, x, self.tta).cpu().numpy()
 
     # --- whole images ------------------------------------------------------------------------
     def analyze(self, image, color_order: str = "bgr") -> list[dict[str, Any]]:
