@@ -1,0 +1,100 @@
+"""Record a study from its run directories and regenerate the table in experiments/README.md.
+
+    python experiments/record.py add NAME --run runs/vgg9_e24 [--eval runs/eval/<time>] \
+        --question "What does vgg9 reach in 24 epochs on 2 CPU cores?"
+    python experiments/record.py table
+
+``add`` copies the run's metrics.json, its Hydra overrides (the exact command) and, when
+given, an evaluation report into experiments/NAME/; ``table`` rebuilds the README table from
+every experiments/*/study.json. Numbers are never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- studies:begin -->", "<!-- studies:end -->"
+
+
+def hardware() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{os.cpu_count()} CPU cores ({model})"
+
+
+def add(name: str, run: Path, question: str, eval_dir: Path | None) -> Path:
+    study = HERE / name
+    study.mkdir(parents=True, exist_ok=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    command = "python -m ferlab.train " + " ".join(
+        o for o in overrides if not o.startswith(("hydra.", "callbacks.progress_bar")))
+    record = {"question": question, "command": command.strip(), "hardware": hardware(),
+              "train": metrics}
+    if eval_dir is not None:
+        report = json.loads((eval_dir / "metrics.json").read_text())
+        record["eval"] = {"tta": report["tta"],
+                          **{k: {m: v[m] for m in ("acc", "acc_macro", "acc_top2", "n")}
+                             for k, v in report["datasets"].items()}}
+        target = study / "report"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(eval_dir, target, ignore=shutil.ignore_patterns(".hydra", "*.log"))
+    (study / "study.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return study
+
+
+def table() -> str:
+    rows = ["| study | question | command | epochs | train time | hardware | val acc (best) "
+            "| test acc | eval (TTA) test / val |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(HERE.glob("*/study.json")):
+        s = json.loads(path.read_text())
+        t = s["train"]
+        ev = s.get("eval")
+        ev_text = (f"{ev['test']['acc']:.4f} / {ev['val']['acc']:.4f} ({ev['tta']})"
+                   if ev and "test" in ev and "val" in ev else "")
+        rows.append(
+            f"| [{path.parent.name}]({path.parent.name}/) | {s['question']} | "
+            f"`{s['command']}` | {t.get('epochs', '')} | {t.get('fit_seconds', 0) / 60:.0f} min "
+            f"| {s['hardware']} | {t.get('val/acc_best', float('nan')):.4f} | "
+            f"{t.get('test/acc', float('nan')):.4f} | {ev_text} |")
+    return "\n".join(rows)
+
+
+def write_table() -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    block = f"{BEGIN}\n{table()}\n{END}"
+    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S)
+    readme.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add")
+    a.add_argument("name")
+    a.add_argument("--run", type=Path, required=True)
+    a.add_argument("--eval", type=Path)
+    a.add_argument("--question", required=True)
+    sub.add_parser("table")
+    args = parser.parse_args()
+    if args.cmd == "add":
+        print(f"recorded {add(args.name, args.run, args.question, args.eval)}")
+    write_table()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The notebooks run top to bottom on tiny data, so they cannot rot; they are stored clean."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from ferlab.train import train
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _execute(name: str, env: dict[str, str], cwd: Path) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return notebook
+
+
+@pytest.mark.parametrize("name", ["explore_fer2013.ipynb", "results.ipynb"])
+def test_notebooks_are_stored_without_outputs(name):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert all(not c.get("outputs") and not c.get("execution_count")
+               for c in notebook.cells if c.cell_type == "code")
+
+
+def test_explore_notebook_runs(csv_root, tmp_path):
+    notebook = _execute("explore_fer2013.ipynb", {"FERLAB_DATA": str(csv_root)}, tmp_path)
+    outputs = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
+    assert "duplicate groups" in outputs and "image/png" in outputs
+
+
+def test_results_notebook_runs(make_cfg, tmp_path, csv_root):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ferlab.config import CONFIG_DIR
+    from ferlab.evaluate import evaluate
+
+    runs = tmp_path / "runs"
+    train(make_cfg(["model=baseline", "trainer.max_epochs=1", "module/scheduler=none"],
+                   output_dir=runs / "baseline"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={runs / 'baseline'}", "device=cpu",
+                                         f"data_root={csv_root}", f"output_dir={tmp_path / 'ev'}"])
+    evaluate(cfg)
+    notebook = _execute("results.ipynb", {"FERLAB_RUNS": str(runs),
+                                          "FERLAB_REPORT": str(tmp_path / "ev")}, tmp_path)
+    outputs = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
+    assert "val/acc_best" in outputs and "image/png" in outputs
