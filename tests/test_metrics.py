@@ -32,6 +32,20 @@ def test_known_answers():
     assert values["val/acc_macro"].item() == pytest.approx(0.5)
 
 
+def test_collection_keeps_metrics_apart_after_a_constant_first_batch():
+    # an untrained net predicts one class for everything: top-1 and top-2 states then agree,
+    # and torchmetrics' compute groups would merge them for good
+    metrics = classification_metrics(3, "val")
+    constant = torch.tensor([[0.1, 0.2, 0.7]] * 4)
+    metrics.update(constant, torch.tensor([0, 0, 0, 0]))
+    metrics.update(PROBS, LABELS)
+    values = metrics.compute()
+    assert values["val/acc"].item() == pytest.approx(3 / 10)
+    assert values["val/acc_top2"].item() == pytest.approx(4 / 10)
+    # recall: class 0 1/6, class 1 1/2, class 2 1/2
+    assert values["val/acc_macro"].item() == pytest.approx((1 / 6 + 1 / 2 + 1 / 2) / 3)
+
+
 def test_macro_differs_from_micro_on_imbalanced_data():
     probs = torch.eye(2)[[0, 0, 0, 0, 1]]
     labels = torch.tensor([0, 0, 0, 1, 1])

@@ -29,6 +29,9 @@ def classification_metrics(num_classes: int, stage: str) -> MetricCollection:
             "acc_top2": MulticlassAccuracy(num_classes, top_k=2, average="micro"),
         },
         prefix=f"{stage}/",
+        # compute groups share state between metrics whose states matched after the first
+        # update (e.g. top-1 and top-2 on a constant early prediction): wrong numbers after
+        compute_groups=False,
     )
 
 
