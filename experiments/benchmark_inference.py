@@ -13,6 +13,7 @@ both classifiers on FER2013 PrivateTest from $FERLAB_DATA, when present.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import sys
 import tempfile
@@ -38,9 +39,14 @@ def fer_with_litert():
     keras = types.ModuleType("tensorflow.keras")
     models = types.ModuleType("tensorflow.keras.models")
     models.load_model = None  # fer only needs it for use_tflite=False
+    # fer finds its model file through setuptools' pkg_resources, gone from new setuptools
+    resources = types.ModuleType("pkg_resources")
+    resources.resource_filename = lambda package, name: str(
+        importlib.resources.files(package) / name)
     sys.modules.update({"tensorflow": tf, "tensorflow.keras": keras,
                         "tensorflow.keras.models": models})
-    from fer import FER
+    sys.modules.setdefault("pkg_resources", resources)
+    from fer.fer import FER
 
     return FER(mtcnn=False, use_tflite=True)
 
