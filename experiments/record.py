@@ -40,8 +40,11 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None) -> Path:
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     command = "python -m ferlab.train " + " ".join(
         o for o in overrides if not o.startswith(("hydra.", "callbacks.progress_bar")))
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    data = config["data"]
+    view = "7 classes" if data["num_classes"] == 7 else f"{data['num_classes']} classes"
     record = {"question": question, "command": command.strip(), "hardware": hardware(),
-              "train": metrics}
+              "data": f"FER2013 {'+'.join(data['train_splits'])}, {view}", "train": metrics}
     if eval_dir is not None:
         report = json.loads((eval_dir / "metrics.json").read_text())
         record["eval"] = {"tta": report["tta"],
@@ -56,9 +59,9 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None) -> Path:
 
 
 def table() -> str:
-    rows = ["| study | question | command | epochs | train time | hardware | val acc (best) "
-            "| test acc | eval (TTA) test / val |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| study | question | command | data | epochs | train time | hardware "
+            "| val acc (best) | test acc | eval (TTA) test / val |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(HERE.glob("*/study.json")):
         s = json.loads(path.read_text())
         t = s["train"]
@@ -67,7 +70,8 @@ def table() -> str:
                    if ev and "test" in ev and "val" in ev else "")
         rows.append(
             f"| [{path.parent.name}]({path.parent.name}/) | {s['question']} | "
-            f"`{s['command']}` | {t.get('epochs', '')} | {t.get('fit_seconds', 0) / 60:.0f} min "
+            f"`{s['command']}` | {s.get('data', '')} | {t.get('epochs', '')} | "
+            f"{t.get('fit_seconds', 0) / 60:.0f} min "
             f"| {s['hardware']} | {t.get('val/acc_best', float('nan')):.4f} | "
             f"{t.get('test/acc', float('nan')):.4f} | {ev_text} |")
     return "\n".join(rows)

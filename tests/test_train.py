@@ -249,3 +249,38 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
         load_checkpoint(tmp_path / "y.ckpt")
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
         load_checkpoint(tmp_path)
+
+
+def test_evaluate_on_a_labelled_folder(make_cfg, tmp_path, faces):
+    """Cross-dataset: <root>/<class>/<image> with other class names, an unknown class and
+    crops of other sizes, through the same report."""
+    import cv2
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ferlab.config import CONFIG_DIR
+    from ferlab.data import EMOTIONS
+
+    out = tmp_path / "run"
+    train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false"]))
+    pixels, labels, _ = faces
+    names = {"angry": "anger", "happy": "happiness", "surprise": "surprised", "sad": "sadness"}
+    root = tmp_path / "ck"
+    for i, (face, label) in enumerate(zip(pixels, labels)):
+        emotion = EMOTIONS[label]
+        if emotion in names:
+            folder = root / names[emotion]
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(face, (96, 96)))
+    (root / "contempt").mkdir()
+    cv2.imwrite(str(root / "contempt" / "0.png"), pixels[0])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={out}", f"folder={root}", "device=cpu",
+                                         f"output_dir={tmp_path / 'eval'}"])
+    report = evaluate(cfg)
+    ck = report["datasets"]["ck"]
+    assert ck["n"] == 4 * 8 and ck["excluded_classes"] == {"contempt": 1}
+    assert {c for c, v in ck["per_class"].items() if v["support"]} == set(names)
+    assert "Excluded class folders" in (tmp_path / "eval/report.md").read_text()
+    assert (tmp_path / "eval/ck_confusion_normalised.png").is_file()
