@@ -62,7 +62,12 @@ def test_run_directory_holds_everything(make_cfg, tmp_path):
     images = set(events.Tags()["images"])
     assert {"val/confusion_matrix", "test/confusion_matrix"} <= images
     assert len(events.Images("val/confusion_matrix")) == 3  # one per validation epoch
-    assert "config/text_summary" in events.Tags()["tensors"]
+    tensors = set(events.Tags()["tensors"])
+    assert "config/text_summary" in tensors
+    # HParams view: the session lists the config and the final metrics (hp/...)
+    hparams = set(events.PluginTagToContent("hparams"))
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams
+    assert "hp/val_acc_best" in scalars and "hp/test_acc" in scalars
 
 
 def test_learns_the_synthetic_task(make_cfg, tmp_path):
