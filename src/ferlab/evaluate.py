@@ -26,7 +26,7 @@ from ferlab.data.duplicates import duplicated_in
 from ferlab.data.folders import read_labelled_folder
 from ferlab.data.labels import EMOTIONS, class_names, label_map
 from ferlab.data.sources import DataFormatError
-from ferlab.inference.detect import crop, face_crop_box, make_detector
+from ferlab.inference.detect import make_detector
 from ferlab.inference.images import ImageError, read_image, to_grey
 from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.metrics import evaluation_metrics, fold_probabilities
@@ -110,17 +110,16 @@ def _datasets(cfg: DictConfig, classes: tuple[str, ...],
 
 
 def _face_loader(cfg: DictConfig, recognizer: EmotionRecognizer):
-    detector = make_detector(cfg.detector) if cfg.detect_faces else None
+    """Whole images as faces (pre-cropped datasets), or the largest detected face."""
+    if cfg.detect_faces:
+        recognizer.detector = make_detector(cfg.detector)
 
     def load(path: Path) -> np.ndarray | None:
         image = read_image(path)
-        grey = to_grey(image)
-        if detector is None:
-            return to_face(grey)
-        boxes = sorted(detector.detect(image), key=lambda b: b.area, reverse=True)
-        if not boxes:
-            return None
-        return to_face(crop(grey, face_crop_box(boxes[0], grey.shape, recognizer.margin)))
+        if not cfg.detect_faces:
+            return to_face(to_grey(image))
+        found = recognizer.detect_faces(image)
+        return found[0][1] if found else None
 
     return load
 

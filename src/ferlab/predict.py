@@ -114,9 +114,10 @@ class Predictor:
             yield from self._video(item.path)
         else:
             image = read_image(item.path, max_pixels=self.args.max_pixels)
-            faces = self.recognizer.analyze(image)
+            found = self.recognizer.detect_faces(image)
+            faces = self.recognizer.describe(found)
             self._annotate_image(item.path, image, faces)
-            self._feature_maps(item.path, image, faces)
+            self._feature_maps(item.path, found)
             yield from self._face_records({"source": str(item.path)}, faces)
 
     def _video(self, path: Path) -> Iterator[dict[str, Any]]:
@@ -155,18 +156,12 @@ class Predictor:
             if not cv2.imwrite(str(target), annotate(image, faces)):
                 raise ImageError(f"{target}: could not write the annotated image.")
 
-    def _feature_maps(self, path: Path, image, faces) -> None:
-        if not self.args.feature_maps or not faces:
+    def _feature_maps(self, path: Path, found: list) -> None:
+        if not self.args.feature_maps:
             return
-        from ferlab.data.transforms import to_face
-        from ferlab.inference.detect import Box, crop, face_crop_box
-        from ferlab.inference.images import to_grey
-
-        grey = to_grey(image)
-        for i, face in enumerate(faces):
-            box = face_crop_box(Box(*face["box"]), grey.shape, self.recognizer.margin)
+        for i, (_, face) in enumerate(found):
             target = self._output_name(path, f".face{i}.png", self.args.feature_maps)
-            save_feature_maps(self.recognizer.network, to_face(crop(grey, box)), target)
+            save_feature_maps(self.recognizer.network, face, target)
 
     def _output_name(self, source: Path, suffix: str, folder: Path | None = None) -> Path:
         """A new file in the output folder: never an input, never an existing file."""

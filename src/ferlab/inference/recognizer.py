@@ -14,7 +14,7 @@ import torch
 
 from ferlab.checkpoint import load_checkpoint
 from ferlab.data.transforms import TTA_MODES, preprocess, to_face
-from ferlab.inference.detect import FaceDetector, HaarDetector, crop, face_crop_box
+from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_crop_box
 from ferlab.inference.images import as_bgr, to_grey
 from ferlab.inference.model_file import load_model
 from ferlab.module import predict_probabilities
@@ -89,19 +89,27 @@ class EmotionRecognizer:
         return predict_probabilities(self.network, x, self.tta).cpu().numpy()
 
     # --- whole images ------------------------------------------------------------------------
-    def analyze(self, image, color_order: str = "bgr") -> list[dict[str, Any]]:
-        """One record per detected face, largest first:
-        ``{"box": [x, y, w, h], "label", "score", "probabilities": {class: p}}``."""
+    def detect_faces(self, image, color_order: str = "bgr") -> list[tuple[Box, np.ndarray]]:
+        """Every detected face, largest first: its box and its (48, 48) uint8 grey crop."""
         bgr = as_bgr(image, color_order)
         grey = to_grey(bgr)
         if self.detector is None:
             self.detector = HaarDetector()
         boxes = sorted(self.detector.detect(bgr), key=lambda b: b.area, reverse=True)
-        if not boxes:
+        return [(b, to_face(crop(grey, face_crop_box(b, grey.shape, self.margin))))
+                for b in boxes]
+
+    def describe(self, found: list[tuple[Box, np.ndarray]]) -> list[dict[str, Any]]:
+        """Records for faces from :meth:`detect_faces`."""
+        if not found:
             return []
-        crops = [crop(grey, face_crop_box(b, grey.shape, self.margin)) for b in boxes]
-        probs = self.predict_faces(crops)
-        return [self._record(box, p) for box, p in zip(boxes, probs)]
+        probs = self.predict_faces(np.stack([face for _, face in found]))
+        return [self._record(box, p) for (box, _), p in zip(found, probs)]
+
+    def analyze(self, image, color_order: str = "bgr") -> list[dict[str, Any]]:
+        """One record per detected face, largest first:
+        ``{"box": [x, y, w, h], "label", "score", "probabilities": {class: p}}``."""
+        return self.describe(self.detect_faces(image, color_order))
 
     def _record(self, box, probs: np.ndarray) -> dict[str, Any]:
         best = int(np.argmax(probs))
