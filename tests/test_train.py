@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning import Callback
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ferlab.checkpoint import load_checkpoint
+from ferlab.data import EMOTIONS
 from ferlab.evaluate import evaluate
 from ferlab.train import train
 from tests.models.test_models import MODEL_CONFIGS
@@ -128,6 +130,59 @@ def test_resume_from_missing_checkpoint_is_explained(make_cfg, tmp_path):
         train(_short_cfg(make_cfg, tmp_path / "run", [f"resume={tmp_path}"]))
 
 
+class RecordStartWeights(Callback):
+    """Keeps the network weights a run starts training from."""
+
+    weights: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        RecordStartWeights.weights = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("source", ["run_dir", "model_file"])
+def test_init_from_starts_a_new_run_from_trained_weights(make_cfg, tmp_path, source):
+    from ferlab.inference.model_file import export_model
+
+    first = tmp_path / "first"
+    train(_short_cfg(make_cfg, first, ["trainer.max_epochs=1", "test=false"]))
+    trained = torch.load(first / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    init = first if source == "run_dir" else export_model(first, tmp_path / "m.pt")
+    second = tmp_path / "second"
+    cfg = _short_cfg(make_cfg, second, ["trainer.max_epochs=1", "test=false",
+                                        f"init_from={init}"])
+    with open_dict(cfg):
+        cfg.callbacks.record = {"_target_": f"{__name__}.RecordStartWeights"}
+    metrics = train(cfg)
+    start = RecordStartWeights.weights
+    assert all(torch.equal(start[k], trained[f"model.{k}"]) for k in start)
+    # a new run: its own directory, epoch count and schedule
+    assert metrics["epochs"] == 1 and (second / "checkpoints/last.ckpt").is_file()
+    assert torch.load(second / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_init_from_another_network_is_explained(make_cfg, tmp_path):
+    first = tmp_path / "first"
+    train(_short_cfg(make_cfg, first, ["trainer.max_epochs=1", "test=false"]))
+    cfg = make_cfg(["model=vgg9", "debug=fdr", f"init_from={first}"])
+    with pytest.raises(ValueError, match="different network"):
+        train(cfg)
+
+
+def test_init_from_and_resume_together_are_refused(make_cfg, tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        train(_short_cfg(make_cfg, tmp_path / "run", [f"resume={tmp_path}",
+                                                      f"init_from={tmp_path}"]))
+
+
+def test_init_from_a_file_that_is_not_a_model(make_cfg, tmp_path):
+    (tmp_path / "notes.ckpt").write_text("hello")
+    with pytest.raises(ValueError, match="not a readable PyTorch file"):
+        train(_short_cfg(make_cfg, tmp_path / "run", [f"init_from={tmp_path / 'notes.ckpt'}"]))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="neither a ferlab checkpoint nor a ferlab model file"):
+        train(_short_cfg(make_cfg, tmp_path / "run", [f"init_from={tmp_path / 'other.pt'}"]))
+
+
 def test_checkpoint_restores_model_and_config(make_cfg, tmp_path):
     out = tmp_path / "run"
     train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false"]))
@@ -234,6 +289,12 @@ def test_every_experiment_config_trains_and_restores(make_cfg, tmp_path, experim
     out = tmp_path / "run"
     cfg = make_cfg([f"experiment={experiment}", "trainer.max_epochs=2", "data.batch_size=4",
                     "trainer.precision=32-true"], output_dir=out)
+    if OmegaConf.is_missing(cfg, "init_from"):  # a second-stage recipe: start from a model
+        from ferlab.inference.model_file import save_model
+
+        with open_dict(cfg):
+            cfg.init_from = str(save_model(instantiate(cfg.model), OmegaConf.to_container(
+                cfg.model, resolve=True), EMOTIONS, tmp_path / "stage1.pt"))
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     best = metrics["test/ckpt"]

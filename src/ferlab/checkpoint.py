@@ -43,14 +43,24 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+# what torch.load raises on a file that is not a PyTorch file (or a truncated one)
+UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError)
+
+
+def read_torch_file(file: Path, what: str = "PyTorch file",
+                    map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` (no unpickling of code) with a clear error."""
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except UNREADABLE as err:
+        raise ValueError(f"{file} is not a readable {what} ({type(err).__name__}: {err}).") from err
+
+
 def load_checkpoint(path: str | os.PathLike,
                     map_location: str | torch.device = "cpu") -> tuple[EmotionModule, DictConfig]:
     """Rebuild the trained module and its run config from a ferlab checkpoint (no unpickling)."""
     file = find_checkpoint(path)
-    try:
-        checkpoint = torch.load(file, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{file} is not a readable PyTorch checkpoint ({err}).") from err
+    checkpoint = read_torch_file(file, "PyTorch checkpoint", map_location)
     if CONFIG_KEY not in checkpoint:
         raise ValueError(f"{file} holds no ferlab config (key {CONFIG_KEY!r}); it was not written "
                          "by ferlab.train.")
@@ -58,6 +68,21 @@ def load_checkpoint(path: str | os.PathLike,
     module = instantiate(cfg.module, model=instantiate(cfg.model))
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval(), cfg
+
+
+def load_network_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The network weights and network config of a ferlab checkpoint, run directory (its
+    ``last.ckpt``) or exported model file, for starting a new run from them."""
+    file = find_checkpoint(path)
+    payload = read_torch_file(file)
+    if isinstance(payload, dict) and CONFIG_KEY in payload:  # a training checkpoint
+        weights = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()
+                   if k.startswith("model.")}
+        return weights, payload[CONFIG_KEY]["model"]
+    if isinstance(payload, dict) and str(payload.get("format", "")).startswith("ferlab-model/"):
+        return payload["state_dict"], payload["model"]
+    raise ValueError(f"{file} is neither a ferlab checkpoint nor a ferlab model file; pass a .ckpt "
+                     "or run directory written by ferlab.train, or a file from ferlab.export.")
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -14,7 +14,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab.checkpoint import CONFIG_KEY, ConfigInCheckpoint, find_checkpoint, write_json
+from ferlab.checkpoint import (
+    CONFIG_KEY,
+    ConfigInCheckpoint,
+    find_checkpoint,
+    load_network_weights,
+    read_torch_file,
+    write_json,
+)
 from ferlab.config import CONFIG_DIR, register_resolvers
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 
@@ -24,6 +31,9 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured model; return the final metrics."""
     locate(cfg.data.root)  # fail fast, with where-to-get-it, before building anything
+    if cfg.get("resume") and cfg.get("init_from"):
+        raise ValueError("Set resume (continue a run: weights, optimiser, schedule, epoch) or "
+                         "init_from (a new run starting from trained weights), not both.")
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
@@ -31,6 +41,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, model=instantiate(cfg.model))
+    if cfg.get("init_from"):
+        _init_weights(module.model, cfg.init_from, cfg.model)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks.append(ConfigInCheckpoint(cfg))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -68,9 +80,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:
+    """Start from another run's trained weights (a warm restart or fine-tune); the optimiser,
+    schedule and epoch count start afresh."""
+    weights, source_cfg = load_network_weights(source)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(
+            f"init_from={source} holds weights for a different network than model="
+            f"{model_cfg.get('_target_')} with this config; use the same model config as that "
+            f"run.\n  its model: {source_cfg}\n  this run: "
+            f"{OmegaConf.to_container(model_cfg, resolve=True)}\n  ({err})") from None
+    log.info("Network weights initialised from %s", source)
+
+
 def _warn_config_changes(ckpt_path: Path, cfg: DictConfig) -> None:
     """A resumed run should use the original config; say which settings differ."""
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(CONFIG_KEY)
+    saved = read_torch_file(ckpt_path, "PyTorch checkpoint").get(CONFIG_KEY)
     if saved is None:
         return
     before, now = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))

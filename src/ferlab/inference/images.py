@@ -18,8 +18,11 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message names the input."""
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode an image file as BGR uint8 (H, W, 3), honouring EXIF orientation."""
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS,
+               grey: bool = False) -> np.ndarray:
+    """Decode an image file as BGR uint8 (H, W, 3), or grey (H, W) with ``grey`` (a JPEG is
+    then decoded straight to grey, skipping colour: about twice as fast), honouring EXIF
+    orientation."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file.")
@@ -34,8 +37,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
                 if image.width * image.height > max_pixels:
                     raise ImageError(f"{path}: {image.width}x{image.height} pixels is over the "
                                      f"limit of {max_pixels:,} (a decompression bomb?).")
+                if grey:
+                    image.draft("L", image.size)  # JPEG: decode the luma channel only
                 image = ImageOps.exif_transpose(image)
-                rgb = np.asarray(image.convert("RGB"))
+                pixels = np.asarray(image.convert("L" if grey else "RGB"))
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError,
@@ -43,7 +48,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         raise ImageError(f"{path}: not a supported image ({err}).") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise ImageError(f"{path}: the image data is corrupt or truncated ({err}).") from err
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return pixels if grey else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
 
 
 def as_bgr(image, color_order: str = "bgr") -> np.ndarray:

@@ -8,7 +8,6 @@ whose ``_target_`` must be a class in :mod:`ferlab.models` (a file cannot name a
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ferlab.checkpoint import load_checkpoint
+from ferlab.checkpoint import load_checkpoint, read_torch_file
 from ferlab.data.labels import FACE_SIZE, class_names
 
 FORMAT = "ferlab-model/1"
@@ -60,10 +59,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No ferlab model file at {path}.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} is not a readable ferlab model file ({err}).") from err
+    payload = read_torch_file(path, "ferlab model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a ferlab model file (expected format {FORMAT!r}); "
                          "export one with python -m ferlab.export ckpt_path=...")

@@ -1,0 +1,108 @@
+"""Face detectors on a real photograph, FER2013-style crop boxes, and grey decoding."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferlab.inference import HaarDetector, ImageError, make_detector, read_image
+from ferlab.inference.detect import Box, face_crop_box
+
+
+def _iou(a: Box, b: Box) -> float:
+    x0, y0 = max(a.x, b.x), max(a.y, b.y)
+    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    return inter / (a.area + b.area - inter)
+
+
+@pytest.fixture(scope="module")
+def big_portrait(portrait):
+    """The portrait at 2x (1200x1024): scanned shrunk by default."""
+    return cv2.resize(cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR), None, fx=2, fy=2)
+
+
+def test_shrunk_scan_maps_boxes_back_to_the_image(big_portrait):
+    shrunk = HaarDetector(max_side=640).detect(big_portrait)
+    full = HaarDetector(max_side=0).detect(big_portrait)
+    assert len(shrunk) == len(full) == 1
+    h, w = big_portrait.shape[:2]
+    box = shrunk[0]
+    assert 0 <= box.x and 0 <= box.y and box.x + box.w <= w and box.y + box.h <= h
+    assert box.w > 200  # in the big image's pixels, not the scan's
+    assert _iou(shrunk[0], full[0]) > 0.8
+
+
+def test_small_images_are_scanned_whole(portrait):
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)  # 600 px: under the 640 px scan size
+    assert HaarDetector(max_side=640).detect(bgr) == HaarDetector(max_side=0).detect(bgr)
+
+
+def test_grey_and_colour_inputs_find_the_same_face(portrait):
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)
+    detector = HaarDetector()
+    assert detector.detect(bgr) == detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+
+
+def test_faces_below_the_minimum_size_are_skipped(portrait):
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)
+    side = HaarDetector().detect(bgr)[0].w
+    assert HaarDetector(min_size=side + 50).detect(bgr) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"scale_factor": 1.0}, {"min_neighbors": -1},
+                                    {"min_size": 0}, {"max_side": -5}])
+def test_bad_detector_settings_are_explained(kwargs):
+    with pytest.raises(ValueError, match="Need scale_factor"):
+        HaarDetector(**kwargs)
+
+
+def test_unknown_detector_name():
+    with pytest.raises(ValueError, match="haar"):
+        make_detector("yolo")
+
+
+def test_mtcnn_finds_the_portrait_face(portrait):
+    pytest.importorskip("facenet_pytorch")
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)
+    boxes = make_detector("mtcnn").detect(bgr)
+    assert len(boxes) == 1
+    assert _iou(boxes[0], HaarDetector().detect(bgr)[0]) > 0.5
+
+
+def test_crop_box_is_square_with_margin_and_clamped():
+    box = face_crop_box(Box(100, 100, 40, 60), (480, 640), margin=0.1)
+    assert box.w == box.h == 72
+    assert box.x + box.w / 2 == pytest.approx(120, abs=1)
+    assert box.y + box.h / 2 == pytest.approx(130, abs=1)
+    corner = face_crop_box(Box(0, 0, 50, 50), (480, 640), margin=0.2)
+    assert corner.x == 0 and corner.y == 0 and corner.w == corner.h == 60  # 70 wide, clamped
+
+
+def test_grey_decode_matches_the_colour_decode(portrait, tmp_path):
+    path = tmp_path / "p.jpg"
+    Image.fromarray(portrait).save(path, quality=92)
+    colour = read_image(path)
+    grey = read_image(path, grey=True)
+    assert colour.shape == (*grey.shape, 3) and grey.dtype == np.uint8
+    diff = np.abs(grey.astype(int) - cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY).astype(int))
+    assert diff.mean() < 2.0
+
+
+def test_grey_decode_honours_exif_orientation(portrait, tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(portrait).save(path, exif=exif)
+    h, w = portrait.shape[:2]
+    assert read_image(path, grey=True).shape == (w, h)
+    assert read_image(path).shape == (w, h, 3)
+
+
+def test_grey_decode_of_a_corrupt_file_is_explained(tmp_path):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        read_image(path, grey=True)
