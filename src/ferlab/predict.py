@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model file, checkpoint or run directory (default: the "
                                    "model shipped with ferlab)")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
-    p.add_argument("--min-face", type=int, default=40, help="smallest face side in pixels")
-    p.add_argument("--scale-factor", type=float, default=1.1, help="Haar pyramid step")
+    p.add_argument("--min-face", type=int, default=48, help="smallest face side in pixels")
+    p.add_argument("--scale-factor", type=float, default=1.07, help="Haar pyramid step")
     p.add_argument("--min-neighbors", type=int, default=5, help="Haar detection strictness")
     p.add_argument("--detect-size", type=int, default=640, metavar="PIXELS",
                    help="Haar scans images shrunk to this longer side (faster on large photos; "

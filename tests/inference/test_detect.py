@@ -26,7 +26,7 @@ def big_portrait(portrait):
 
 def test_shrunk_scan_maps_boxes_back_to_the_image(big_portrait):
     shrunk = HaarDetector(max_side=640).detect(big_portrait)
-    full = HaarDetector(max_side=0).detect(big_portrait)
+    full = HaarDetector(min_size=24, max_side=0).detect(big_portrait)  # every pixel
     assert len(shrunk) == len(full) == 1
     h, w = big_portrait.shape[:2]
     box = shrunk[0]
@@ -35,9 +35,11 @@ def test_shrunk_scan_maps_boxes_back_to_the_image(big_portrait):
     assert _iou(shrunk[0], full[0]) > 0.8
 
 
-def test_small_images_are_scanned_whole(portrait):
-    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)  # 600 px: under the 640 px scan size
+def test_the_scan_size_cap_applies_to_large_images_only(portrait):
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)  # 600 px, scanned at 300 px for min 48
     assert HaarDetector(max_side=640).detect(bgr) == HaarDetector(max_side=0).detect(bgr)
+    small = cv2.resize(bgr, None, fx=0.5, fy=0.5)
+    assert len(HaarDetector(min_size=24, max_side=0).detect(small)) == 1
 
 
 def test_grey_and_colour_inputs_find_the_same_face(portrait):
