@@ -2,6 +2,7 @@
 naive per-sample PIL pipeline, with achieved GFLOP/s against a measured GEMM peak.
 
     python experiments/benchmark_training.py [--models baseline vgg9] [--batches 20]
+    python experiments/benchmark_training.py --knobs [--models vgg9]   # compile/threads/batch
 
 Uses FER2013 from $FERLAB_DATA when present (else random faces of the same shape). Run it on an
 otherwise idle machine: every figure is wall-clock throughput.
@@ -146,6 +147,32 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def knob_rates(model_name: str, batches: int) -> None:
+    """The fp32 network step of one model under each speed knob, one at a time: torch.compile
+    (its one-off compile time shown), fewer threads, other batch sizes."""
+    threads = torch.get_num_threads()
+    settings = [("eager (reference)", False, threads, 128), ("torch.compile", True, threads, 128),
+                (f"{max(1, threads // 2)} thread(s)", False, max(1, threads // 2), 128),
+                ("batch 64", False, threads, 64), ("batch 256", False, threads, 256)]
+    print(f"\n{model_name}, fp32 channels_last network step (batch 128, {threads} threads "
+          "unless named):")
+    for name, compiled, n_threads, batch_size in settings:
+        torch.manual_seed(0)
+        cfg = compose_cfg(model_name, "32-true", batch_size)
+        module = instantiate(cfg.module, model=instantiate(cfg.model))
+        optimizer = instantiate(cfg.module.optimizer)(params=module.parameters())
+        x = torch.randn(batch_size, 1, 48, 48)
+        y = torch.randint(0, cfg.data.num_classes, (batch_size,))
+        torch.set_num_threads(n_threads)
+        step = torch.compile(module) if compiled else module
+        start = time.perf_counter()
+        F.cross_entropy(step(x), y).backward()  # first call: compiles when compiled
+        first = time.perf_counter() - start
+        rate = network_step_rate(step, optimizer, x, y, "32-true", batches)
+        torch.set_num_threads(threads)
+        print(f"  {name:<20}{rate:>8.0f} img/s   (first step {first:5.1f} s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["baseline", "vgg9"])
@@ -153,7 +180,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--naive-workers", type=int, default=2)
+    parser.add_argument("--knobs", action="store_true",
+                        help="only the network step under torch.compile, threads, batch size")
     args = parser.parse_args()
+    if args.knobs:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        for model_name in args.models:
+            knob_rates(model_name, args.batches)
+        return
 
     L.seed_everything(0, verbose=False)
     root = Path(os.environ.get("FERLAB_DATA", "data/fer2013"))

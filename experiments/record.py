@@ -33,7 +33,8 @@ def hardware() -> str:
     return f"{os.cpu_count()} CPU cores ({model})"
 
 
-def add(name: str, run: Path, question: str, eval_dir: Path | None) -> Path:
+def add(name: str, run: Path, question: str, eval_dir: Path | None,
+        after: str | None = None) -> Path:
     study = HERE / name
     study.mkdir(parents=True, exist_ok=True)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -45,6 +46,10 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None) -> Path:
     view = "7 classes" if data["num_classes"] == 7 else f"{data['num_classes']} classes"
     record = {"question": question, "command": command.strip(), "hardware": hardware(),
               "data": f"FER2013 {'+'.join(data['train_splits'])}, {view}", "train": metrics}
+    if after is not None:  # a later stage (init_from) of another study's model
+        if not (HERE / after / "study.json").is_file():
+            raise SystemExit(f"--after {after}: no study {HERE / after / 'study.json'}")
+        record["after"] = after
     if eval_dir is not None:
         report = json.loads((eval_dir / "metrics.json").read_text())
         record["eval"] = {"tta": report["tta"],
@@ -65,13 +70,17 @@ def table() -> str:
     for path in sorted(HERE.glob("*/study.json")):
         s = json.loads(path.read_text())
         t = s["train"]
+        epochs, minutes = str(t.get("epochs", "")), f"{t.get('fit_seconds', 0) / 60:.0f}"
+        if "after" in s:  # stages: the earlier study's epochs and time, then this one's
+            first = json.loads((HERE / s["after"] / "study.json").read_text())["train"]
+            epochs = f"{first.get('epochs', '')}+{epochs}"
+            minutes = f"{first.get('fit_seconds', 0) / 60:.0f}+{minutes}"
         ev = s.get("eval")
         ev_text = (f"{ev['test']['acc']:.4f} / {ev['val']['acc']:.4f} ({ev['tta']})"
                    if ev and "test" in ev and "val" in ev else "")
         rows.append(
             f"| [{path.parent.name}]({path.parent.name}/) | {s['question']} | "
-            f"`{s['command']}` | {s.get('data', '')} | {t.get('epochs', '')} | "
-            f"{t.get('fit_seconds', 0) / 60:.0f} min "
+            f"`{s['command']}` | {s.get('data', '')} | {epochs} | {minutes} min "
             f"| {s['hardware']} | {t.get('val/acc_best', float('nan')):.4f} | "
             f"{t.get('test/acc', float('nan')):.4f} | {ev_text} |")
     return "\n".join(rows)
@@ -93,10 +102,12 @@ def main() -> None:
     a.add_argument("--run", type=Path, required=True)
     a.add_argument("--eval", type=Path)
     a.add_argument("--question", required=True)
+    a.add_argument("--after", metavar="STUDY",
+                   help="the study whose model this run started from (init_from)")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.cmd == "add":
-        print(f"recorded {add(args.name, args.run, args.question, args.eval)}")
+        print(f"recorded {add(args.name, args.run, args.question, args.eval, args.after)}")
     write_table()
 
 
