@@ -13,7 +13,10 @@ ai-edge-litert in place of TensorFlow), in one run on the same images.
    (144 px) inside a 288 px frame (replicated border), as JPEG files; both pipelines detect,
    crop and classify; a face counts as right when the largest detection has the true label
    (no detection counts as wrong).
-3. Classification alone on the 48x48 PrivateTest faces: ferlab batched through
+3. Face detection settings on the first 300 staged faces: share of faces found and ms per image
+   for OpenCV's usual full-size scan (fer's settings, with and without histogram equalisation)
+   and for ferlab's shrunk scan at several pyramid steps.
+4. Classification alone on the 48x48 PrivateTest faces: ferlab batched through
    `predict_faces`; fer's own classifier on each face resized to its 64x64 input with its own
    scaling (the path `detect_emotions` uses after detection), with both models' accuracy.
 """
@@ -162,13 +165,31 @@ def main() -> None:
         print(f"{name:>16}: {photos_s:6.1f} photos/s, face found in {hits / len(staged):.3f}, "
               f"accuracy {right / len(staged):.4f} (on found faces {right / max(hits, 1):.4f})")
 
+    greys = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in staged[:300]]
+    cascade = ours.detector.classifier
+
+    def full_size(equalize: bool):
+        return lambda g: cascade.detectMultiScale(cv2.equalizeHist(g) if equalize else g,
+                                                  scaleFactor=1.1, minNeighbors=5,
+                                                  minSize=(50, 50))
+
+    settings = {"full size, step 1.1, min 50 (fer)": full_size(False),
+                "full size, step 1.1, min 50, equalised": full_size(True)}
+    for step in (1.05, 1.07, 1.1):
+        settings[f"ferlab scan 0.5x, step {step}, min 48"] = HaarDetector(scale_factor=step).detect
+    print(f"\n3. Haar settings on {len(greys)} staged faces (288x288 grey)")
+    for name, detect in settings.items():
+        per_image, found = rate(detect, greys)
+        share = np.mean([len(f) > 0 for f in found])
+        print(f"  {name:<40} found {share:.3f}  {1000 / per_image:6.2f} ms/image")
+
     faces, labels = test.faces, test.labels
     ours.predict_faces(faces[:64])  # warm-up
     start = time.perf_counter()
     probs = ours.predict_faces(faces)
     ours_rate = len(faces) / (time.perf_counter() - start)
     fer_rate, fer_probs = rate(lambda face: fer_classify(theirs, face[None])[0], list(faces))
-    print(f"\n3. classification alone, {len(faces)} PrivateTest faces: ferlab {ours_rate:.0f} "
+    print(f"\n4. classification alone, {len(faces)} PrivateTest faces: ferlab {ours_rate:.0f} "
           f"faces/s (batched, tta={ours.tta}), fer {fer_rate:.0f} faces/s (one at a time, as "
           f"its pipeline does), ratio {ours_rate / fer_rate:.2f}x")
     ours_acc = float(np.mean(probs.argmax(1) == labels))

@@ -101,7 +101,9 @@ class MTCNNDetector:
     turned, tilted and small faces that the cascade misses. Optional: install it with
     ``pip install --no-deps facenet-pytorch==2.6.0 requests`` (it declares an old torch)."""
 
-    def __init__(self, min_size: int = 40, threshold: float = 0.9, device: str = "cpu") -> None:
+    color = True
+
+    def __init__(self, min_size: int = 48, threshold: float = 0.9, device: str = "cpu") -> None:
         try:
             from facenet_pytorch import MTCNN
         except ImportError as err:
@@ -111,7 +113,6 @@ class MTCNNDetector:
                 "does not need). `make install` does this."
             ) from err
         self.min_size, self.threshold = min_size, threshold
-        self.color = True
         self.mtcnn = MTCNN(keep_all=True, min_face_size=min_size, device=device)
 
     def detect(self, image: np.ndarray) -> list[Box]:
