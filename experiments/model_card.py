@@ -13,6 +13,21 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
+def _confusions(metrics: dict, classes: list[str]) -> str:
+    """Each weak class's recall and the class it is most often taken for (from the matrix,
+    whose rows and columns are in the model's class order)."""
+    matrix = metrics["confusion_matrix"]
+    parts = []
+    for name in ("fear", "sad", "angry"):
+        if name in classes:
+            i = classes.index(name)
+            wrong = max((n, c) for c, n in zip(classes, matrix[i]) if c != name)
+            parts.append(f"{name.capitalize()} has recall "
+                         f"{metrics['per_class'][name]['recall']:.3f}, most often taken for "
+                         f"{wrong[1]} ({wrong[0]} of {sum(matrix[i])}).")
+    return " ".join(parts)
+
+
 FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 3
 TARGET = 0.72
 
@@ -73,9 +88,9 @@ CI recomputes the PrivateTest accuracy through `EmotionRecognizer()` and fails b
 
 ## Known weaknesses and intended use
 
-- Disgust is rare in training (436 faces): recall {test["per_class"]["disgust"]["recall"]:.3f} on PrivateTest
-  (the model almost never says disgust). Fear has recall {test["per_class"]["fear"]["recall"]:.3f} and is
-  mostly taken for sad; sad and neutral are confused with each other (see the confusion matrix).
+- Disgust is rare in training (436 faces, 1.5%): recall {test["per_class"]["disgust"]["recall"]:.3f} on
+  PrivateTest ({test["per_class"]["disgust"]["support"]} faces).
+  {_confusions(test, report["model"]["classes"])} (Confusion matrix in the report.)
 - {verdict}
 - FER2013 is low-resolution grey web imagery with label noise; accuracy on other photos
   depends on face detection, pose and lighting. Cross-dataset numbers are not yet measured.

@@ -19,9 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="the model file to write (.pt)")
     parser.add_argument("--tta", choices=TTA_MODES, default="flip",
                         help="test-time augmentation the recognizer uses by default")
+    parser.add_argument("--overwrite", action="store_true", help="allow replacing the output")
     args = parser.parse_args(argv)
     if args.output.exists() and args.output.resolve() == Path(args.checkpoint).resolve():
         parser.error("the output would overwrite the checkpoint")
+    if args.output.exists() and not args.overwrite:
+        print(f"error: {args.output} exists; pass --overwrite to replace it.", file=sys.stderr)
+        return 2
     try:
         path = export_model(args.checkpoint, args.output, tta=args.tta)
     except (FileNotFoundError, ValueError) as err:

@@ -145,6 +145,11 @@ def test_recognizer_from_checkpoint_matches_exported_file(make_cfg, tmp_path):
     np.testing.assert_allclose(from_ckpt, from_file, atol=1e-6)
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     assert not any("optimizer" in k for k in payload) and payload["tta"] == "none"
+    # an existing model file is replaced only on request
+    assert export_main([str(out), str(tmp_path / "m.pt")]) == 2
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["tta"] == "none"
+    assert export_main([str(out), str(tmp_path / "m.pt"), "--overwrite"]) == 0
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["tta"] == "flip"
 
 
 def test_recognizer_agrees_with_the_training_path(make_cfg, tmp_path, csv_root):
