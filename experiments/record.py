@@ -46,6 +46,8 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
     view = "7 classes" if data["num_classes"] == 7 else f"{data['num_classes']} classes"
     record = {"question": question, "command": command.strip(), "hardware": hardware(),
               "data": f"FER2013 {'+'.join(data['train_splits'])}, {view}", "train": metrics}
+    if "val" in data["train_splits"]:  # val numbers would be training numbers
+        record["val_in_training"] = True
     if after is not None:  # a later stage (init_from) of another study's model
         if not (HERE / after / "study.json").is_file():
             raise SystemExit(f"--after {after}: no study {HERE / after / 'study.json'}")
@@ -76,12 +78,17 @@ def table() -> str:
             epochs = f"{first.get('epochs', '')}+{epochs}"
             minutes = f"{first.get('fit_seconds', 0) / 60:.0f}+{minutes}"
         ev = s.get("eval")
+        val_best = f"{t.get('val/acc_best', float('nan')):.4f}"
         ev_text = (f"{ev['test']['acc']:.4f} / {ev['val']['acc']:.4f} ({ev['tta']})"
-                   if ev and "test" in ev and "val" in ev else "")
+                   if ev and "test" in ev and "val" in ev else
+                   f"{ev['test']['acc']:.4f} / - ({ev['tta']})" if ev and "test" in ev else "")
+        if s.get("val_in_training"):
+            val_best, ev_text = "- (val in training)", ev_text.replace(
+                f" / {ev['val']['acc']:.4f}", " / -") if ev and "val" in ev else ev_text
         rows.append(
             f"| [{path.parent.name}]({path.parent.name}/) | {s['question']} | "
             f"`{s['command']}` | {s.get('data', '')} | {epochs} | {minutes} min "
-            f"| {s['hardware']} | {t.get('val/acc_best', float('nan')):.4f} | "
+            f"| {s['hardware']} | {val_best} | "
             f"{t.get('test/acc', float('nan')):.4f} | {ev_text} |")
     return "\n".join(rows)
 
