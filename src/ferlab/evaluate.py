@@ -27,7 +27,7 @@ from ferlab.data.folders import read_labelled_folder
 from ferlab.data.labels import EMOTIONS, class_names, label_map
 from ferlab.data.sources import DataFormatError
 from ferlab.inference.detect import make_detector
-from ferlab.inference.images import ImageError, read_image, to_grey
+from ferlab.inference.images import ImageError, read_image
 from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.metrics import evaluation_metrics, fold_probabilities
 from ferlab.report import markdown, save_figures
@@ -115,10 +115,9 @@ def _face_loader(cfg: DictConfig, recognizer: EmotionRecognizer):
         recognizer.detector = make_detector(cfg.detector)
 
     def load(path: Path) -> np.ndarray | None:
-        image = read_image(path)
         if not cfg.detect_faces:
-            return to_face(to_grey(image))
-        found = recognizer.detect_faces(image)
+            return to_face(read_image(path, grey=True))
+        found = recognizer.detect_faces(path)  # decodes as the detector needs (grey for Haar)
         return found[0][1] if found else None
 
     return load

@@ -116,7 +116,7 @@ class Predictor:
         if item.is_video:
             yield from self._video(item.path)
         else:
-            grey = not self.args.annotate and not getattr(self.recognizer.detector, "color", True)
+            grey = not self.args.annotate and not self.recognizer.needs_color  # colour to draw on
             image = read_image(item.path, max_pixels=self.args.max_pixels, grey=grey)
             found = self.recognizer.detect_faces(image)
             faces = self.recognizer.describe(found)

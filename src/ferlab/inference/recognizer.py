@@ -90,12 +90,17 @@ class EmotionRecognizer:
         return predict_probabilities(self.network, x, self.tta).cpu().numpy()
 
     # --- whole images ------------------------------------------------------------------------
-    def detect_faces(self, image, color_order: str = "bgr") -> list[tuple[Box, np.ndarray]]:
-        """Every detected face, largest first: its box and its (48, 48) uint8 grey crop."""
+    @property
+    def needs_color(self) -> bool:
+        """Whether the face detector looks at colour; if not, grey pixels are all it needs (the
+        Haar default), so callers can decode images straight to grey."""
         if self.detector is None:
             self.detector = HaarDetector()
-        color = getattr(self.detector, "color", True)
-        if not color:  # a grey-only detector: never decode or convert colour
+        return getattr(self.detector, "color", True)
+
+    def detect_faces(self, image, color_order: str = "bgr") -> list[tuple[Box, np.ndarray]]:
+        """Every detected face, largest first: its box and its (48, 48) uint8 grey crop."""
+        if not self.needs_color:  # a grey-only detector: never decode or convert colour
             grey = (read_image(image, grey=True) if isinstance(image, (str, os.PathLike))
                     else to_grey(image, color_order))
             boxes = self.detector.detect(grey)
