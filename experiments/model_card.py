@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from record import stages  # experiments/record.py, beside this script (python experiments/...)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -125,11 +127,9 @@ def main() -> None:
     args = parser.parse_args()
     study = json.loads((HERE / args.study / "study.json").read_text())
     study["name"] = args.study
-    stages = [study]
-    while "after" in stages[0]:
-        stages.insert(0, json.loads((HERE / stages[0]["after"] / "study.json").read_text()))
+    chain = stages(study)
     report = json.loads((args.report / "metrics.json").read_text())
-    (ROOT / "MODEL_CARD.md").write_text(render(study, report, args.model_file, stages))
+    (ROOT / "MODEL_CARD.md").write_text(render(study, report, args.model_file, chain))
     print(f"wrote {ROOT / 'MODEL_CARD.md'}")
 
 

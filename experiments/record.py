@@ -65,6 +65,19 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
     return study
 
 
+def stages(study: dict) -> list[dict]:
+    """The study and every study whose model it started from (``after``), first stage first."""
+    chain = [study]
+    while "after" in chain[0]:
+        earlier = HERE / chain[0]["after"] / "study.json"
+        if not earlier.is_file():
+            raise SystemExit(f"a study starts from {chain[0]['after']!r}, but {earlier} is missing")
+        chain.insert(0, json.loads(earlier.read_text()))
+        if len(chain) > 100:
+            raise SystemExit(f"the 'after' links of the studies form a loop: {chain[1]['after']}")
+    return chain
+
+
 def table() -> str:
     rows = ["| study | question | command | data | epochs | train time | hardware "
             "| val acc (best) | test acc | eval (TTA) test / val |",
@@ -72,11 +85,9 @@ def table() -> str:
     for path in sorted(HERE.glob("*/study.json")):
         s = json.loads(path.read_text())
         t = s["train"]
-        epochs, minutes = str(t.get("epochs", "")), f"{t.get('fit_seconds', 0) / 60:.0f}"
-        if "after" in s:  # stages: the earlier study's epochs and time, then this one's
-            first = json.loads((HERE / s["after"] / "study.json").read_text())["train"]
-            epochs = f"{first.get('epochs', '')}+{epochs}"
-            minutes = f"{first.get('fit_seconds', 0) / 60:.0f}+{minutes}"
+        chain = [stage["train"] for stage in stages(s)]  # earlier stages first
+        epochs = "+".join(str(stage.get("epochs", "")) for stage in chain)
+        minutes = "+".join(f"{stage.get('fit_seconds', 0) / 60:.0f}" for stage in chain)
         ev = s.get("eval")
         val_best = f"{t.get('val/acc_best', float('nan')):.4f}"
         ev_text = (f"{ev['test']['acc']:.4f} / {ev['val']['acc']:.4f} ({ev['tta']})"
