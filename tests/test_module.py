@@ -100,6 +100,9 @@ def test_tta_averages_the_views_however_they_are_batched(tta, n):
     ({"scheduler_interval": "batch"}, "scheduler_interval"),
     ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"num_classes": 4}, "num_classes=4"),
+    ({"mixup_alpha": -0.2}, "mixup_alpha must be >= 0"),
+    ({"cutmix_alpha": -1}, "cutmix_alpha must be >= 0"),
+    ({"mix_prob": 1.5}, "mix_prob must be in"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -108,3 +111,45 @@ def test_bad_arguments(kwargs, match):
 
 def test_is_a_lightning_module():
     assert isinstance(_module(), L.LightningModule)
+
+
+class _Recorder:
+    """Stands in for the network: remembers what it was fed."""
+
+    def __init__(self, module):
+        self.inputs, self.forward = [], module.forward
+        module.forward = self
+
+    def __call__(self, x):
+        self.inputs.append(x.clone())
+        return self.forward(x)
+
+
+@pytest.mark.parametrize("kwargs", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0},
+                                    {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}])
+def test_mixing_trains_on_mixed_faces_with_soft_labels(kwargs):
+    torch.manual_seed(0)
+    module = _module(**kwargs)
+    module.log = module.log_dict = lambda *a, **k: None
+    recorder = _Recorder(module)
+    x, y = torch.rand(8, 1, 48, 48), torch.arange(8) % 7
+    loss = module.training_step((x, y), 0)
+    mixed = recorder.inputs[0]
+    assert mixed.shape == x.shape and not torch.equal(mixed, x)
+    # the loss is the soft-label loss of what the network saw, not the hard-label one
+    logits = module.model(mixed)
+    hard = torch.nn.functional.cross_entropy(logits, y)
+    assert not torch.isclose(loss, hard)
+    # evaluation never mixes
+    module.validation_step((x, y), 0)
+    assert torch.equal(recorder.inputs[1], x)
+
+
+def test_mix_prob_zero_or_no_alpha_leaves_batches_alone():
+    for kwargs in ({"mixup_alpha": 0.4, "mix_prob": 0.0}, {}):
+        module = _module(**kwargs)
+        module.log = module.log_dict = lambda *a, **k: None
+        recorder = _Recorder(module)
+        x, y = torch.rand(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
+        module.training_step((x, y), 0)
+        assert module.mix is None and torch.equal(recorder.inputs[0], x)

@@ -350,3 +350,36 @@ def test_evaluate_on_a_labelled_folder(make_cfg, tmp_path, faces):
     assert {c for c, v in ck["per_class"].items() if v["support"]} == set(names)
     assert "Excluded class folders" in (tmp_path / "eval/report.md").read_text()
     assert (tmp_path / "eval/ck_confusion_normalised.png").is_file()
+
+
+def test_ema_checkpoints_hold_the_averaged_weights_and_resume(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    cfg = _short_cfg(make_cfg, out, ["callbacks=ema", "callbacks.ema.decay=0.9", "test=false"])
+    with open_dict(cfg):
+        cfg.callbacks.progress_bar = None
+        cfg.callbacks.crash = {"_target_": f"{__name__}.CrashAfterFirstEpoch"}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    first = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    averaged, trained = first["state_dict"], first["current_model_state"]
+    assert averaged.keys() == trained.keys()
+    assert not all(torch.equal(averaged[k], trained[k]) for k in averaged)
+    # evaluate / export / init_from read the averaged network
+    module, _ = load_checkpoint(out / "checkpoints/last.ckpt")
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in averaged.items())
+
+    cfg = _short_cfg(make_cfg, out, ["callbacks=ema", "callbacks.ema.decay=0.9", "test=false",
+                                     f"resume={out}"])
+    with open_dict(cfg):
+        cfg.callbacks.progress_bar = None
+    metrics = train(cfg)
+    last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert metrics["epochs"] == 3 and last["global_step"] == 3 * first["global_step"]
+    assert last["averaging_state"]["n_averaged"] == last["global_step"]
+
+
+def test_mixup_and_cutmix_train(make_cfg, tmp_path):
+    metrics = train(_short_cfg(make_cfg, tmp_path / "run", [
+        "trainer.max_epochs=1", "test=false", "module.mixup_alpha=0.2",
+        "module.cutmix_alpha=1.0", "module.mix_prob=0.5"]))
+    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))

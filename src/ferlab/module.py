@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
+from torchvision.transforms import v2
 
 from ferlab.data.labels import EMOTIONS, class_names
 from ferlab.data.transforms import TTA_MODES, tta_views
@@ -36,6 +37,11 @@ class EmotionModule(L.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``): the optimizer is
     called with the parameters, the scheduler with the optimizer (and ``total_steps`` when it
     takes one and none is given, as OneCycleLR does).
+
+    ``mixup_alpha`` / ``cutmix_alpha`` (0 = off) mix each training batch with a shuffled copy of
+    itself (torchvision's batch ``MixUp`` / ``CutMix``; one of the two, at random, when both are
+    on) in a ``mix_prob`` fraction of the batches; the loss then takes the mixed (soft) labels and
+    the training accuracy counts the dominant label.
     """
 
     def __init__(
@@ -49,6 +55,9 @@ class EmotionModule(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         tta: str = "none",
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -67,6 +76,7 @@ class EmotionModule(L.LightningModule):
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}; got {tta!r}.")
         self.tta = tta  # test-time augmentation of predict_step (evaluation)
+        self.mix, self.mix_prob = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
 
         # ModuleDict keys may not shadow nn.Module attributes such as "train"
         self.metrics = nn.ModuleDict(
@@ -89,9 +99,13 @@ class EmotionModule(L.LightningModule):
     # --- steps -------------------------------------------------------------------------------
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
+        target = y
+        if stage == "train" and self.mix is not None and torch.rand(()) < self.mix_prob:
+            x, target = self.mix(x, y)  # soft labels (B, C)
+            y = target.argmax(dim=1)
         logits = self(x)
         smoothing = self.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         metrics = self.metrics[f"{stage}_"]
         metrics.update(logits.detach(), y)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
@@ -173,6 +187,20 @@ class EmotionModule(L.LightningModule):
                              "interval": self.scheduler_interval,
                              "monitor": self.scheduler_monitor},
         }
+
+
+def _batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float,
+                  mix_prob: float) -> tuple[nn.Module | None, float]:
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns it off); got {alpha}.")
+    if not 0.0 <= mix_prob <= 1.0:
+        raise ValueError(f"mix_prob must be in [0, 1]; got {mix_prob}.")
+    mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []) + \
+        ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha else [])
+    if not mixes or mix_prob == 0:
+        return None, 0.0
+    return (mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)), mix_prob
 
 
 def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
