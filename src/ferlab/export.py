@@ -1,6 +1,6 @@
 """Export a training checkpoint as a ferlab model file (weights + network config, no optimiser):
 
-    python -m ferlab.export runs/vgg9_e30/checkpoints/epoch029-val_acc0.6900.ckpt out.pt
+    python -m ferlab.export runs/vgg9_e24/checkpoints/epoch022-val_acc0.6486.ckpt out.pt
 """
 
 from __future__ import annotations
