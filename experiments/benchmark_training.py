@@ -3,6 +3,7 @@ naive per-sample PIL pipeline, with achieved GFLOP/s against a measured GEMM pea
 
     python experiments/benchmark_training.py [--models baseline vgg9] [--batches 20]
     python experiments/benchmark_training.py --knobs [--models vgg9]   # compile/threads/batch
+    python experiments/benchmark_training.py --regularisers [--models vgg9]   # mixup/cutmix/EMA
 
 Uses FER2013 from $FERLAB_DATA when present (else random faces of the same shape). Run it on an
 otherwise idle machine: every figure is wall-clock throughput.
@@ -32,11 +33,12 @@ from ferlab.data import load_faces, preprocess
 from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
 
 
-def compose_cfg(model: str, precision: str, batch_size: int):
+def compose_cfg(model: str, precision: str, batch_size: int, extra: tuple[str, ...] = ()):
     register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=[f"model={model}", f"trainer.precision={precision}",
-                                           f"data.batch_size={batch_size}", "paths.output_dir=."])
+                                           f"data.batch_size={batch_size}", "paths.output_dir=.",
+                                           *extra])
 
 
 def autocast(precision: str):
@@ -82,7 +84,7 @@ class _BatchTimer(L.Callback):
             self.end = time.perf_counter()
 
 
-def full_step_rate(cfg, datamodule, batches, warmup=3) -> float:
+def full_step_rate(cfg, datamodule, batches, warmup=3, callbacks=()) -> float:
     """Images/s of the whole ferlab training step, run by Lightning's Trainer exactly as
     ``python -m ferlab.train`` runs it (batch fetch, preprocessing + augmentation, forward,
     loss, metrics, logging, backward, optimiser and scheduler step)."""
@@ -91,7 +93,7 @@ def full_step_rate(cfg, datamodule, batches, warmup=3) -> float:
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision,
                         max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+                        enable_model_summary=False, callbacks=[timer, *callbacks])
     trainer.fit(module, datamodule=datamodule)
     return timer.images / (timer.end - timer.start)
 
@@ -173,6 +175,29 @@ def knob_rates(model_name: str, batches: int) -> None:
         print(f"  {name:<20}{rate:>8.0f} img/s   (first step {first:5.1f} s)", flush=True)
 
 
+REGULARISERS = {  # name: (overrides, callbacks config key)
+    "plain": ((), None),
+    "mixup 0.2": (("module.mixup_alpha=0.2",), None),
+    "cutmix 1.0": (("module.cutmix_alpha=1.0",), None),
+    "EMA 0.999": (("callbacks=ema",), "ema"),
+}
+
+
+def regulariser_rates(model_name: str, batches: int, batch_size: int) -> None:
+    """The whole fp32 ferlab step with each regulariser the framework offers, one at a time."""
+    print(f"\n{model_name}, whole ferlab training step, fp32, batch {batch_size}:")
+    base = None
+    for name, (overrides, callback) in REGULARISERS.items():
+        torch.manual_seed(0)
+        cfg = compose_cfg(model_name, "32-true", batch_size, overrides)
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        extra = [instantiate(cfg.callbacks[callback])] if callback else []
+        rate = full_step_rate(cfg, datamodule, batches, callbacks=extra)
+        base = base or rate
+        print(f"  {name:<12}{rate:>8.0f} img/s  {rate / base:5.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["baseline", "vgg9"])
@@ -182,7 +207,14 @@ def main() -> None:
     parser.add_argument("--naive-workers", type=int, default=2)
     parser.add_argument("--knobs", action="store_true",
                         help="only the network step under torch.compile, threads, batch size")
+    parser.add_argument("--regularisers", action="store_true",
+                        help="only the whole step with mixup, cutmix or EMA (their cost)")
     args = parser.parse_args()
+    if args.regularisers:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        for model_name in args.models:
+            regulariser_rates(model_name, args.batches, args.batch_size)
+        return
     if args.knobs:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         for model_name in args.models:
