@@ -67,14 +67,16 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
 
 def stages(study: dict) -> list[dict]:
     """The study and every study whose model it started from (``after``), first stage first."""
-    chain = [study]
+    chain, seen = [study], set()
     while "after" in chain[0]:
-        earlier = HERE / chain[0]["after"] / "study.json"
+        name = chain[0]["after"]
+        if name in seen:
+            raise SystemExit(f"the 'after' links of the studies form a loop through {name!r}")
+        seen.add(name)
+        earlier = HERE / name / "study.json"
         if not earlier.is_file():
-            raise SystemExit(f"a study starts from {chain[0]['after']!r}, but {earlier} is missing")
+            raise SystemExit(f"a study starts from {name!r}, but {earlier} is missing")
         chain.insert(0, json.loads(earlier.read_text()))
-        if len(chain) > 100:
-            raise SystemExit(f"the 'after' links of the studies form a loop: {chain[1]['after']}")
     return chain
 
 
