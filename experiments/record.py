@@ -1,7 +1,7 @@
 """Record a study from its run directories and regenerate the table in experiments/README.md.
 
     python experiments/record.py add NAME --run runs/vgg9_e24 [--eval runs/eval/<time>] \
-        --question "What does vgg9 reach in 24 epochs on 2 CPU cores?"
+        --question "What does vgg9 reach in 24 epochs on 2 CPU cores?" [--hardware "1 GPU ..."]
     python experiments/record.py table
 
 ``add`` copies the run's metrics.json, its Hydra overrides (the exact command) and, when
@@ -33,18 +33,27 @@ def hardware() -> str:
     return f"{os.cpu_count()} CPU cores ({model})"
 
 
+# overrides that only say where a run reads or writes, how it reports progress or whether it
+# tests on PrivateTest when it ends: they do not change the model, so the command leaves them out
+NOT_THE_RECIPE = ("hydra.", "callbacks.progress_bar", "+trainer.enable_progress_bar", "paths.",
+                  "data.root=", "name=", "test=")
+
+
 def add(name: str, run: Path, question: str, eval_dir: Path | None,
-        after: str | None = None) -> Path:
+        after: str | None = None, hardware_text: str | None = None,
+        figures: bool = True) -> Path:
     study = HERE / name
     study.mkdir(parents=True, exist_ok=True)
     metrics = json.loads((run / "metrics.json").read_text())
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     command = "python -m ferlab.train " + " ".join(
-        o for o in overrides if not o.startswith(("hydra.", "callbacks.progress_bar")))
+        o for o in overrides if not o.startswith(NOT_THE_RECIPE))
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     data = config["data"]
     view = "7 classes" if data["num_classes"] == 7 else f"{data['num_classes']} classes"
-    record = {"question": question, "command": command.strip(), "hardware": hardware(),
+    record = {"question": question, "command": command.strip(),
+              "hardware": hardware_text or hardware(),
+              "precision": str(config["trainer"]["precision"]),
               "data": f"FER2013 {'+'.join(data['train_splits'])}, {view}", "train": metrics}
     if "val" in data["train_splits"]:  # val numbers would be training numbers
         record["val_in_training"] = True
@@ -60,7 +69,16 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
         target = study / "report"
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(eval_dir, target, ignore=shutil.ignore_patterns(".hydra", "*.log"))
+        if figures:
+            shutil.copytree(eval_dir, target, ignore=shutil.ignore_patterns(".hydra", "*.log"))
+        else:  # the numbers only: figures are rebuilt by python -m ferlab.evaluate
+            target.mkdir()
+            shutil.copy(eval_dir / "metrics.json", target)
+            report = [line for line in (eval_dir / "report.md").read_text().splitlines()
+                      if not line.startswith("![")]
+            report.insert(1, "\n(Figures left out of the record to keep the repository small: "
+                             "`python -m ferlab.evaluate` on the model rebuilds them.)")
+            (target / "report.md").write_text("\n".join(report) + "\n")
     (study / "study.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return study
 
@@ -98,11 +116,11 @@ def table() -> str:
         if s.get("val_in_training"):
             val_best, ev_text = "- (val in training)", ev_text.replace(
                 f" / {ev['val']['acc']:.4f}", " / -") if ev and "val" in ev else ev_text
+        test = f"{t['test/acc']:.4f}" if "test/acc" in t else "-"
         rows.append(
             f"| [{path.parent.name}]({path.parent.name}/) | {s['question']} | "
             f"`{s['command']}` | {s.get('data', '')} | {epochs} | {minutes} min "
-            f"| {s['hardware']} | {val_best} | "
-            f"{t.get('test/acc', float('nan')):.4f} | {ev_text} |")
+            f"| {s['hardware']} | {val_best} | {test} | {ev_text} |")
     return "\n".join(rows)
 
 
@@ -124,10 +142,15 @@ def main() -> None:
     a.add_argument("--question", required=True)
     a.add_argument("--after", metavar="STUDY",
                    help="the study whose model this run started from (init_from)")
+    a.add_argument("--hardware", help="where the run trained, when not on this machine's CPUs")
+    a.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="record the evaluation's numbers and report.md without its figures")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.cmd == "add":
-        print(f"recorded {add(args.name, args.run, args.question, args.eval, args.after)}")
+        study = add(args.name, args.run, args.question, args.eval, args.after, args.hardware,
+                    args.figures)
+        print(f"recorded {study}")
     write_table()
 
 

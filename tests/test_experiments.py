@@ -29,3 +29,49 @@ def test_every_later_stage_names_a_recorded_study():
         if "after" in study:
             assert (ROOT / "experiments" / study["after"] / "study.json").is_file(), path
             assert "init_from=" in study["command"], path
+
+
+def test_recorded_command_keeps_the_recipe_and_drops_where_it_ran(tmp_path, monkeypatch):
+    """A run made elsewhere (another data root, output folder, GPU) is recorded with the
+    overrides that make the model, the hardware it names and the trainer's precision."""
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"epochs": 3, "fit_seconds": 60.0}))
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=vgg8_gap_mix\n- name=run_x\n- paths.runs=/tmp/r\n- data.root=/tmp/fer\n"
+        "- test=false\n- +trainer.enable_progress_bar=false\n- callbacks.progress_bar=null\n"
+        "- trainer=gpu\n- trainer.max_epochs=3\n")
+    (run / ".hydra" / "config.yaml").write_text(
+        "data: {num_classes: 7, train_splits: [train, val]}\ntrainer: {precision: bf16-mixed}\n")
+    study = json.loads((record.add("s", run, "q?", None, hardware_text="1 GPU") /
+                        "study.json").read_text())
+    assert study["command"] == ("python -m ferlab.train experiment=vgg8_gap_mix trainer=gpu "
+                                "trainer.max_epochs=3")
+    assert study["hardware"] == "1 GPU" and study["precision"] == "bf16-mixed"
+    assert study["val_in_training"] is True and study["data"] == "FER2013 train+val, 7 classes"
+    row = next(line for line in record.table().splitlines() if line.startswith("| [s]"))
+    assert "| 1 GPU |" in row and "| - (val in training) | - |" in row
+
+
+def test_record_without_figures_keeps_the_numbers(tmp_path, monkeypatch):
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    run, ev = tmp_path / "run", tmp_path / "eval"
+    (run / ".hydra").mkdir(parents=True)
+    ev.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"epochs": 1, "fit_seconds": 6.0}))
+    (run / ".hydra" / "overrides.yaml").write_text("- model=vgg9\n")
+    (run / ".hydra" / "config.yaml").write_text(
+        "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
+    scores = {"acc": 0.5, "acc_macro": 0.4, "acc_top2": 0.7, "n": 10}
+    (ev / "metrics.json").write_text(json.dumps({"tta": "flip", "datasets": {"test": scores}}))
+    (ev / "report.md").write_text("# Evaluation\n| test | 0.5 |\n![cm](test_cm.png)\n")
+    (ev / "test_cm.png").write_bytes(b"png")
+    study = record.add("s", run, "q?", ev, figures=False)
+    assert sorted(p.name for p in (study / "report").iterdir()) == ["metrics.json", "report.md"]
+    text = (study / "report" / "report.md").read_text()
+    assert "| test | 0.5 |" in text and "![" not in text and "ferlab.evaluate" in text
+    assert json.loads((study / "study.json").read_text())["eval"]["test"]["acc"] == 0.5
+    assert "| 0.5000 / - (flip) |" in record.table()

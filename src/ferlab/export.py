@@ -1,6 +1,7 @@
 """Export a training checkpoint as a ferlab model file (weights + network config, no optimiser):
 
     python -m ferlab.export runs/vgg9_e24/checkpoints/epoch022-val_acc0.6486.ckpt out.pt
+    python -m ferlab.export model.pt model_fp16.pt --half     # a model file, stored in float16
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from ferlab.inference.model_file import export_model
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ferlab.export", description=__doc__)
-    parser.add_argument("checkpoint", help="a .ckpt file or a run directory (its last.ckpt)")
+    parser.add_argument("checkpoint",
+                        help="a .ckpt file, a run directory (its last.ckpt) or a model file")
     parser.add_argument("output", type=Path, help="the model file to write (.pt)")
     parser.add_argument("--tta", choices=TTA_MODES, default="flip",
                         help="test-time augmentation the recognizer uses by default")
+    parser.add_argument("--half", action="store_true",
+                        help="store the weights as float16 (half the size; loaded as float32)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing the output")
     args = parser.parse_args(argv)
     if args.output.exists() and args.output.resolve() == Path(args.checkpoint).resolve():
@@ -27,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.output} exists; pass --overwrite to replace it.", file=sys.stderr)
         return 2
     try:
-        path = export_model(args.checkpoint, args.output, tta=args.tta)
+        path = export_model(args.checkpoint, args.output, tta=args.tta, half=args.half)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

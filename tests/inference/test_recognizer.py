@@ -152,6 +152,31 @@ def test_recognizer_from_checkpoint_matches_exported_file(make_cfg, tmp_path):
     assert torch.load(tmp_path / "m.pt", weights_only=True)["tta"] == "flip"
 
 
+def test_half_export_of_a_model_file(tmp_path):
+    """--half stores float16 weights (half the bytes), loads back into the float32 network and
+    keeps the predictions and the file's recipe; integer buffers stay integers."""
+    from ferlab.export import main as export_main
+
+    torch.manual_seed(0)
+    cfg = {**TINY, "stages": [[16, 16], [32]], "hidden": [64]}
+    net = VGG(**{k: v for k, v in cfg.items() if k != "_target_"})
+    full = save_model(net, cfg, EMOTIONS, tmp_path / "full.pt", recipe={"name": "tiny"})
+    assert export_main([str(full), str(tmp_path / "half.pt"), "--half", "--tta", "none"]) == 0
+    payload = torch.load(tmp_path / "half.pt", weights_only=True)
+    weights = payload["state_dict"]
+    assert {v.dtype for k, v in weights.items() if "num_batches" not in k} == {torch.float16}
+    assert all(v.dtype == torch.int64 for k, v in weights.items() if "num_batches" in k)
+    assert payload["recipe"] == {"name": "tiny"} and payload["tta"] == "none"
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * full.stat().st_size
+    network, _ = load_model(tmp_path / "half.pt")
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    faces = _faces(8)
+    expected = EmotionRecognizer(full, tta="none").predict_faces(faces)
+    got = EmotionRecognizer(tmp_path / "half.pt").predict_faces(faces)
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    assert not np.array_equal(got, expected)  # the weights really were rounded
+
+
 def test_recognizer_agrees_with_the_training_path(make_cfg, tmp_path, csv_root):
     """Inference and validation share one preprocessing: same faces, same probabilities."""
     import lightning as L

@@ -3,6 +3,8 @@
 A ferlab model file is a ``torch.save``d dict of plain types and tensors, read back with
 ``torch.load(weights_only=True)``. Its network is rebuilt from the stored ``model`` config,
 whose ``_target_`` must be a class in :mod:`ferlab.models` (a file cannot name arbitrary code).
+Floating-point weights may be stored as float16 (``half=True``: half the file size); they are
+loaded back into the float32 network.
 """
 
 from __future__ import annotations
@@ -16,31 +18,44 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ferlab.checkpoint import load_checkpoint, read_torch_file
+from ferlab.checkpoint import find_checkpoint, load_checkpoint, read_torch_file
 from ferlab.data.labels import FACE_SIZE, class_names
 
 FORMAT = "ferlab-model/1"
 
 
 def export_model(ckpt_path: str | os.PathLike, output: str | os.PathLike,
-                 tta: str = "flip") -> Path:
-    """Write a checkpoint's network (no optimiser state) as a ferlab model file."""
-    module, cfg = load_checkpoint(ckpt_path)
+                 tta: str = "flip", half: bool = False) -> Path:
+    """Write a checkpoint's network (no optimiser state) as a ferlab model file. A model file
+    (any file but a ``.ckpt``) is written again, e.g. to store it in float16 or change its TTA."""
+    source = find_checkpoint(ckpt_path)
+    if source.suffix != ".ckpt":
+        network, meta = load_model(source)
+        return save_model(network, meta["model"], meta["classes"], output, tta=tta,
+                          recipe=meta.get("recipe"), half=half)
+    module, cfg = load_checkpoint(source)
     recipe = {"name": cfg.get("name"), "seed": cfg.get("seed"),
               "max_epochs": cfg.trainer.max_epochs, "checkpoint": Path(ckpt_path).name}
     return save_model(module.model, OmegaConf.to_container(cfg.model, resolve=True),
-                      module.class_names, output, tta=tta, recipe=recipe)
+                      module.class_names, output, tta=tta, recipe=recipe, half=half)
 
 
 def save_model(network: nn.Module, model_cfg: dict[str, Any], classes: tuple[str, ...],
                output: str | os.PathLike, tta: str = "none",
-               recipe: dict[str, Any] | None = None) -> Path:
-    """Save a network with the config that builds it (atomically: never a half-written file)."""
+               recipe: dict[str, Any] | None = None, half: bool = False) -> Path:
+    """Save a network with the config that builds it (atomically: never a half-written file).
+    ``half`` stores floating-point weights as float16."""
+
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().cpu()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        return tensor.clone().contiguous()
+
     payload = {
         "format": FORMAT,
         "model": model_cfg,
-        "state_dict": {k: v.detach().cpu().clone().contiguous()
-                       for k, v in network.state_dict().items()},
+        "state_dict": {k: stored(v) for k, v in network.state_dict().items()},
         "classes": list(classes),
         "face_size": FACE_SIZE,
         "tta": tta,
@@ -64,7 +79,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(f"{path} is not a ferlab model file (expected format {FORMAT!r}); "
                          "export one with python -m ferlab.export ckpt_path=...")
     model = build_network(OmegaConf.create(payload["model"]))
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(payload["state_dict"])  # copies (and so casts float16) into float32
     classes = tuple(payload["classes"])
     if classes != class_names(len(classes)):
         raise ValueError(f"{path}: unexpected class list {classes}.")
