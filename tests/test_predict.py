@@ -78,6 +78,16 @@ def test_all_good_inputs_exit_zero(mixed_folder, tiny_model_file):
     assert code == 0 and len(_records(text)) == 2
 
 
+def test_bf16_precision_gives_the_same_face(mixed_folder, tiny_model_file):
+    base = [str(mixed_folder / "hopper.jpg"), "--model", str(tiny_model_file), "--tta", "none"]
+    (exact,) = _records(_run(base)[1])
+    code, text, _ = _run([*base, "--precision", "bf16"])
+    (fast,) = _records(text)
+    assert code == 0 and fast["box"] == exact["box"]
+    for name, p in exact["probabilities"].items():
+        assert fast["probabilities"][name] == pytest.approx(p, abs=0.02)
+
+
 def test_glob_patterns(mixed_folder, tiny_model_file, tmp_path):
     code, text, _ = _run([str(mixed_folder / "**" / "*.png"), str(tmp_path / "zz*.jpg"),
                           "--model", str(tiny_model_file)])

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on FER2013 splits or a labelled folder; write the report."""
     recognizer = EmotionRecognizer(find_checkpoint(cfg.ckpt_path), device=cfg.device,
-                                   tta=cfg.tta, batch_size=cfg.batch_size)
+                                   tta=cfg.tta, batch_size=cfg.batch_size,
+                                   precision=cfg.get("precision", "fp32"))
     classes = recognizer.classes
     out = Path(cfg.output_dir)
     report: dict[str, Any] = {

@@ -30,7 +30,7 @@ from ferlab.inference.detect import make_detector
 from ferlab.inference.feature_maps import save_feature_maps
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
-from ferlab.inference.recognizer import EmotionRecognizer
+from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context around the face box, as a fraction of its side")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="CPU threads for the network")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: about 2x faster on CPUs with native bf16 (AVX512-BF16, AMX)")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the "
                                                    "model's own setting)")
     p.add_argument("--top-k", type=int, default=2, help="also list the k most likely emotions")
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
                           "max_side": args.detect_size}
     recognizer = EmotionRecognizer(args.model, device=args.device, tta=args.tta,
                                    detector=make_detector(args.detector, **detector_args),
-                                   margin=args.margin)
+                                   margin=args.margin, precision=args.precision)
     predictor = Predictor(recognizer, args, protected)
     console = Console(file=stderr, soft_wrap=True)  # keep paths whole in logs
     files = faces = 0

@@ -46,6 +46,18 @@ def test_crops_of_any_size_and_colour(model_file):
     np.testing.assert_allclose(probs[0], probs[3], atol=1e-6)
 
 
+def test_bf16_precision_is_close_to_fp32(model_file):
+    faces = _faces(16)
+    exact = EmotionRecognizer(model_file).predict_faces(faces)
+    fast = EmotionRecognizer(model_file, precision="bf16").predict_faces(faces)
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    np.testing.assert_allclose(fast.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(fast, exact, atol=0.02)
+    assert not np.array_equal(fast, exact)  # the network really ran in bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        EmotionRecognizer(model_file, precision="fp16")
+
+
 def test_empty_input(model_file):
     assert EmotionRecognizer(model_file).predict_faces([]).shape == (0, 7)
 

@@ -22,6 +22,7 @@ from ferlab.module import predict_probabilities
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "ferlab_fer2013.pt"
+PRECISIONS = ("fp32", "bf16")
 
 
 def shipped_model_path() -> Path:
@@ -34,12 +35,18 @@ class EmotionRecognizer:
 
     ``model``: None for the shipped model, a ferlab model file (``.pt``), a training checkpoint
     (``.ckpt``) or a run directory. ``tta``: "flip" averages each face with its mirror image;
-    None uses the model file's own setting ("none" for checkpoints).
+    None uses the model file's own setting ("none" for checkpoints). ``precision``: "bf16"
+    runs the network under bfloat16 autocast, about twice as fast on CPUs with native bf16
+    (AVX512-BF16, AMX) and on GPUs, slower on other CPUs; "fp32" (the default) gives the same
+    numbers everywhere.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu",
                  tta: str | None = None, detector: FaceDetector | None = None,
-                 batch_size: int = 32, margin: float = 0.1) -> None:
+                 batch_size: int = 32, margin: float = 0.1, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+        self.precision = precision
         path = Path(model) if model is not None else shipped_model_path()
         if path.is_dir() or path.suffix == ".ckpt":
             module, cfg = load_checkpoint(path)
@@ -87,7 +94,9 @@ class EmotionRecognizer:
     @torch.inference_mode()
     def _probabilities(self, faces: torch.Tensor) -> np.ndarray:
         x = preprocess(faces.to(self.device)).contiguous(memory_format=torch.channels_last)
-        return predict_probabilities(self.network, x, self.tta).cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            return predict_probabilities(self.network, x, self.tta).cpu().numpy()
 
     # --- whole images ------------------------------------------------------------------------
     @property
