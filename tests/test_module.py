@@ -8,7 +8,7 @@ import torch
 
 from ferlab.data.transforms import tta_views
 from ferlab.models import VGG
-from ferlab.module import EmotionModule, predict_probabilities
+from ferlab.module import EmotionModule, distillation_loss, predict_probabilities
 
 
 class _FakeTrainer:
@@ -153,3 +153,30 @@ def test_mix_prob_zero_or_no_alpha_leaves_batches_alone():
         x, y = torch.rand(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
         module.training_step((x, y), 0)
         assert module.mix is None and torch.equal(recorder.inputs[0], x)
+
+
+def test_distillation_loss_known_answers():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    assert distillation_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.tensor([[0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[0.0, 0.0, 2.0 * 3.0]])  # softmax(t / 2) = softmax([0, 0, 3])
+    p = torch.softmax(torch.tensor([0.0, 0.0, 3.0]), 0)
+    expected = 4.0 * float((p * (p.log() - torch.log(torch.tensor(1 / 3)))).sum())
+    assert distillation_loss(student, teacher, 2.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"distill_weight": 1.5}, {"distill_temperature": 0.0}])
+def test_bad_distillation_arguments(kwargs):
+    with pytest.raises(ValueError, match="distill_weight must be in"):
+        _module(**kwargs)
+
+
+def test_teacher_is_frozen_and_outside_the_module_state():
+    teacher = VGG(stages=[[4]], hidden=[8])
+    module = _module(teacher=teacher)
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    assert not teacher_ids & {id(p) for p in module.parameters()}
+    assert all(k.startswith("model.") for k in module.state_dict())
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    with pytest.raises(ValueError, match="teacher predicts 6 classes, this run 7"):
+        _module(teacher=VGG(num_classes=6, stages=[[4]], hidden=[8]))

@@ -289,12 +289,14 @@ def test_every_experiment_config_trains_and_restores(make_cfg, tmp_path, experim
     out = tmp_path / "run"
     cfg = make_cfg([f"experiment={experiment}", "trainer.max_epochs=2", "data.batch_size=4",
                     "trainer.precision=32-true"], output_dir=out)
-    if OmegaConf.is_missing(cfg, "init_from"):  # a second-stage recipe: start from a model
-        from ferlab.inference.model_file import save_model
+    # a second-stage recipe starts from a model; a distillation recipe learns from one
+    for key in ("init_from", "module.teacher"):
+        if OmegaConf.is_missing(cfg, key):
+            from ferlab.inference.model_file import save_model
 
-        with open_dict(cfg):
-            cfg.init_from = str(save_model(instantiate(cfg.model), OmegaConf.to_container(
-                cfg.model, resolve=True), EMOTIONS, tmp_path / "stage1.pt"))
+            path = save_model(instantiate(cfg.model), OmegaConf.to_container(
+                cfg.model, resolve=True), EMOTIONS, tmp_path / f"{key}.pt")
+            OmegaConf.update(cfg, key, str(path), force_add=True)
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     best = metrics["test/ckpt"]
@@ -383,3 +385,30 @@ def test_mixup_and_cutmix_train(make_cfg, tmp_path):
         "trainer.max_epochs=1", "test=false", "module.mixup_alpha=0.2",
         "module.cutmix_alpha=1.0", "module.mix_prob=0.5"]))
     assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+
+
+def test_distillation_trains_without_keeping_the_teacher(make_cfg, tmp_path, tiny_model_file):
+    import shutil
+
+    teacher = shutil.copy(tiny_model_file, tmp_path / "teacher.pt")
+    out = tmp_path / "run"
+    metrics = train(_short_cfg(make_cfg, out, [
+        "trainer.max_epochs=1", "test=false", f"module.teacher={teacher}",
+        "module.distill_weight=0.7", "module.distill_temperature=2"]))
+    assert metrics["train/distill_loss"] > 0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    saved = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert all(k.startswith("model.") for k in saved["state_dict"]) and \
+        not any("teacher" in k for k in saved["state_dict"])
+    Path(teacher).unlink()  # the trained network restores without its teacher
+    module, cfg = load_checkpoint(out / "checkpoints/last.ckpt")
+    assert cfg.module.teacher == str(teacher) and not module._teacher
+
+
+def test_distillation_from_a_bad_teacher_is_explained(make_cfg, tmp_path, tiny_model_file):
+    with pytest.raises(FileNotFoundError, match="module.teacher=.*nope.pt"):
+        train(_short_cfg(make_cfg, tmp_path / "a", [
+            "trainer.max_epochs=1", "test=false", f"module.teacher={tmp_path / 'nope.pt'}"]))
+    with pytest.raises(ValueError, match="predicts 7 classes, this run 6"):
+        train(_short_cfg(make_cfg, tmp_path / "b", [
+            "trainer.max_epochs=1", "test=false", "data=fer2013_6class",
+            f"module.teacher={tiny_model_file}"]))

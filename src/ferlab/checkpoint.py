@@ -65,7 +65,8 @@ def load_checkpoint(path: str | os.PathLike,
         raise ValueError(f"{file} holds no ferlab config (key {CONFIG_KEY!r}); it was not written "
                          "by ferlab.train.")
     cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
-    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    # a distillation teacher only matters while training
+    module = instantiate(cfg.module, model=instantiate(cfg.model), teacher=None)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval(), cfg
 

@@ -42,6 +42,13 @@ class EmotionModule(L.LightningModule):
     itself (torchvision's batch ``MixUp`` / ``CutMix``; one of the two, at random, when both are
     on) in a ``mix_prob`` fraction of the batches; the loss then takes the mixed (soft) labels and
     the training accuracy counts the dominant label.
+
+    ``teacher`` (a trained network; None = off) turns on knowledge distillation: on every
+    training batch the frozen teacher sees the same (augmented, mixed) faces and the loss becomes
+    ``(1 - w) * CE + w * T^2 * KL(teacher_T || student_T)`` with ``w = distill_weight`` and
+    temperature ``T = distill_temperature``. The teacher is not part of the module's state, so
+    checkpoints, EMA and the optimiser never see it. (The config names it by file:
+    ``module.teacher=<model file or .ckpt>``, which ``ferlab.train`` reads.)
     """
 
     def __init__(
@@ -58,8 +65,14 @@ class EmotionModule(L.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
+        teacher: nn.Module | None = None,
+        distill_weight: float = 0.5,
+        distill_temperature: float = 4.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
+            raise ValueError(f"distill_weight must be in [0, 1] and distill_temperature > 0; got "
+                             f"{distill_weight}, {distill_temperature}.")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step'; got "
                              f"{scheduler_interval!r}.")
@@ -77,6 +90,14 @@ class EmotionModule(L.LightningModule):
             raise ValueError(f"tta must be one of {TTA_MODES}; got {tta!r}.")
         self.tta = tta  # test-time augmentation of predict_step (evaluation)
         self.mix, self.mix_prob = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
+        if teacher is not None and getattr(teacher, "num_classes", num_classes) != num_classes:
+            raise ValueError(f"The teacher predicts {teacher.num_classes} classes, this run "
+                             f"{num_classes}; distil from a teacher of the same class view.")
+        # a tuple keeps the teacher out of state_dict, parameters() and the optimiser
+        self._teacher: tuple[nn.Module, ...] = (
+            (teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last),)
+            if teacher is not None else ())
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
 
         # ModuleDict keys may not shadow nn.Module attributes such as "train"
         self.metrics = nn.ModuleDict(
@@ -106,6 +127,12 @@ class EmotionModule(L.LightningModule):
         logits = self(x)
         smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        if stage == "train" and self._teacher:
+            with torch.no_grad():
+                teacher_logits = self._teacher[0](x.contiguous(memory_format=torch.channels_last))
+            soft = distillation_loss(logits, teacher_logits, self.distill_temperature)
+            self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * soft
         metrics = self.metrics[f"{stage}_"]
         metrics.update(logits.detach(), y)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
@@ -133,6 +160,10 @@ class EmotionModule(L.LightningModule):
         return predict_probabilities(self, x, self.tta), y
 
     # --- epoch ends ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self._teacher:
+            self._teacher[0].to(self.device)
+
     def on_train_start(self) -> None:
         # the sanity check must not count towards the best validation accuracy
         self.val_acc_best.reset()
@@ -201,6 +232,16 @@ def _batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float,
     if not mixes or mix_prob == 0:
         return None, 0.0
     return (mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)), mix_prob
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+    averaged over the batch (the T^2 keeps its gradients on the scale of the hard loss)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
+                    F.log_softmax(teacher_logits.float() / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
 
 
 def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

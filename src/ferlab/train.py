@@ -24,6 +24,7 @@ from ferlab.checkpoint import (
 )
 from ferlab.config import CONFIG_DIR, register_resolvers
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
+from ferlab.inference.model_file import load_network
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    module = instantiate(cfg.module, model=instantiate(cfg.model),
+                         teacher=_load_teacher(cfg.module.get("teacher"), cfg.data.num_classes))
     if cfg.get("init_from"):
         _init_weights(module.model, cfg.init_from, cfg.model)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
@@ -93,6 +95,22 @@ def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) 
             f"run.\n  its model: {source_cfg}\n  this run: "
             f"{OmegaConf.to_container(model_cfg, resolve=True)}\n  ({err})") from None
     log.info("Network weights initialised from %s", source)
+
+
+def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | None:
+    """The trained network that module.teacher names, for knowledge distillation."""
+    if not source:
+        return None
+    try:
+        teacher = load_network(source)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"module.teacher={source} cannot be read as a teacher network: "
+                        f"{err}") from err
+    if getattr(teacher, "num_classes", num_classes) != num_classes:
+        raise ValueError(f"module.teacher={source} predicts {teacher.num_classes} classes, this "
+                         f"run {num_classes}; distil from a teacher of the same class view.")
+    log.info("Distilling from %s", source)
+    return teacher
 
 
 def _warn_config_changes(ckpt_path: Path, cfg: DictConfig) -> None:

@@ -18,7 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ferlab.checkpoint import find_checkpoint, load_checkpoint, read_torch_file
+from ferlab.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_network_weights,
+    read_torch_file,
+)
 from ferlab.data.labels import FACE_SIZE, class_names
 
 FORMAT = "ferlab-model/1"
@@ -86,6 +91,14 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["classes"] = classes
     return model.eval(), meta
+
+
+def load_network(path: str | os.PathLike) -> nn.Module:
+    """The network (eval mode) of a ferlab model file, checkpoint or run directory."""
+    weights, model_cfg = load_network_weights(path)
+    network = build_network(OmegaConf.create(model_cfg))
+    network.load_state_dict(weights)
+    return network.eval()
 
 
 def build_network(model_cfg: DictConfig) -> nn.Module:
