@@ -15,8 +15,8 @@ class _FakeTrainer:
     estimated_stepping_batches = 123
 
 
-def _module(**kwargs):
-    return EmotionModule(VGG(stages=[[4], [8]], hidden=[8]), **kwargs)
+def _module(model=None, **kwargs):
+    return EmotionModule(model or VGG(stages=[[4], [8]], hidden=[8]), **kwargs)
 
 
 def test_default_optimizer_is_adamw():
@@ -180,3 +180,43 @@ def test_teacher_is_frozen_and_outside_the_module_state():
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     with pytest.raises(ValueError, match="teacher predicts 6 classes, this run 7"):
         _module(teacher=VGG(num_classes=6, stages=[[4]], hidden=[8]))
+
+
+def test_progressive_resize_follows_its_schedule_in_training_only():
+    module = _module(model=VGG(stages=[[4], [8]], hidden=[], head="gap"),
+                     progressive_resize=[[3, 48], [0, 24], [1, 32]])
+    assert module.resize_steps == [(0, 24), (1, 32), (3, 48)]
+    assert [module.train_size(e) for e in range(5)] == [24, 32, 32, 48, 48]
+    module.log = module.log_dict = lambda *a, **k: None
+    recorder = _Recorder(module)
+    x, y = torch.rand(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
+    module.training_step((x, y), 0)  # current_epoch is 0 outside a trainer
+    assert recorder.inputs[0].shape == (4, 1, 24, 24)
+    # a uniform face stays uniform: the resize keeps the picture, not just the shape
+    flat = torch.full((1, 1, 48, 48), 0.3)
+    assert torch.allclose(module._resize(flat, 24), torch.full((1, 1, 24, 24), 0.3))
+    module.validation_step((x, y), 0)
+    assert recorder.inputs[1].shape == (4, 1, 48, 48)
+
+
+def test_without_progressive_resize_faces_keep_their_size():
+    module = _module()
+    assert module.resize_steps == [] and module.train_size(10) is None
+
+
+@pytest.mark.parametrize("steps", [[[0]], [[0, 4]], [[-1, 32]], [[0, 32.5]], [[0, 32], [0, 48]],
+                                   [32]])
+def test_bad_progressive_resize_is_explained(steps):
+    with pytest.raises(ValueError, match="progressive_resize"):
+        _module(progressive_resize=steps)
+
+
+def test_progressive_resize_on_a_flatten_head_fails_before_training():
+    module = _module(model=VGG(stages=[[4]], hidden=[8], head="flatten"),
+                     progressive_resize=[[0, 32], [2, 48]])
+    with pytest.raises(ValueError, match="cannot take that size .*global-pooling head"):
+        module._check_resize_sizes()
+    gap = _module(model=VGG(stages=[[4]], hidden=[8], head="gap"),
+                  progressive_resize=[[0, 32], [2, 48]])
+    gap._check_resize_sizes()
+    assert gap.model.training

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import lightning as L
@@ -49,6 +49,12 @@ class EmotionModule(L.LightningModule):
     temperature ``T = distill_temperature``. The teacher is not part of the module's state, so
     checkpoints, EMA and the optimiser never see it. (The config names it by file:
     ``module.teacher=<model file or .ckpt>``, which ``ferlab.train`` reads.)
+
+    ``progressive_resize`` (None = off) is a list of ``[epoch, size]`` steps: from each epoch on,
+    training faces (after augmentation) are resized to ``size`` x ``size``, e.g.
+    ``[[0, 32], [20, 48]]`` trains the first 20 epochs on 32-pixel faces (less than half the
+    compute of 48) and the rest at full size. Validation and test always see the faces as they
+    are. The network must take every size (a global-pooling head does; a flatten head does not).
     """
 
     def __init__(
@@ -68,8 +74,10 @@ class EmotionModule(L.LightningModule):
         teacher: nn.Module | None = None,
         distill_weight: float = 0.5,
         distill_temperature: float = 4.0,
+        progressive_resize: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
+        self.resize_steps = _resize_steps(progressive_resize)
         if not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
             raise ValueError(f"distill_weight must be in [0, 1] and distill_temperature > 0; got "
                              f"{distill_weight}, {distill_temperature}.")
@@ -121,6 +129,8 @@ class EmotionModule(L.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         target = y
+        if stage == "train" and self.resize_steps:
+            x = self._resize(x, self.train_size(self.current_epoch))
         if stage == "train" and self.mix is not None and torch.rand(()) < self.mix_prob:
             x, target = self.mix(x, y)  # soft labels (B, C)
             y = target.argmax(dim=1)
@@ -145,6 +155,21 @@ class EmotionModule(L.LightningModule):
             self.recall[f"{stage}_"].update(preds, y)
         return loss
 
+    def train_size(self, epoch: int) -> int | None:
+        """The side training faces are resized to in ``epoch`` (None: as they come)."""
+        size = None
+        for start, side in self.resize_steps:
+            if epoch >= start:
+                size = side
+        return size
+
+    @staticmethod
+    def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+        if size is None or x.shape[-2:] == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=size < x.shape[-1])
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
@@ -163,6 +188,27 @@ class EmotionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self._teacher:
             self._teacher[0].to(self.device)
+        self._check_resize_sizes()
+
+    def _check_resize_sizes(self) -> None:
+        """Fail before the first step when the network cannot take a scheduled size."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for size in sorted({side for _, side in self.resize_steps}):
+                probe = torch.zeros(2, 1, size, size, device=self.device)
+                try:
+                    with torch.no_grad():
+                        self(probe)
+                except RuntimeError as err:
+                    raise ValueError(
+                        f"module.progressive_resize trains on {size}x{size} faces, but this "
+                        f"network cannot take that size ({str(err).splitlines()[0]}). Use a "
+                        "model with a global-pooling head (e.g. model=vgg8_gap_slim) or sizes "
+                        "it accepts, or set module.progressive_resize=null."
+                    ) from err
+        finally:
+            self.model.train(was_training)
 
     def on_train_start(self) -> None:
         # the sanity check must not count towards the best validation accuracy
@@ -218,6 +264,25 @@ class EmotionModule(L.LightningModule):
                              "interval": self.scheduler_interval,
                              "monitor": self.scheduler_monitor},
         }
+
+
+def _resize_steps(steps: Sequence[Sequence[int]] | None) -> list[tuple[int, int]]:
+    """Validated ``[[epoch, size], ...]`` steps of progressive resizing, sorted by epoch."""
+    if not steps:
+        return []
+    out = []
+    for step in steps:
+        pair = list(step) if isinstance(step, Iterable) and not isinstance(step, str) else []
+        if (len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                      for v in pair) or pair[0] < 0 or pair[1] < 8):
+            raise ValueError(
+                f"progressive_resize takes [epoch, size] pairs of integers (epoch >= 0, size "
+                f">= 8), e.g. [[0, 32], [20, 48]]; got {step!r} in {steps!r}.")
+        out.append((pair[0], pair[1]))
+    epochs = [epoch for epoch, _ in out]
+    if len(set(epochs)) != len(epochs):
+        raise ValueError(f"progressive_resize names an epoch twice: {epochs}.")
+    return sorted(out)
 
 
 def _batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float,
