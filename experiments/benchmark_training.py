@@ -4,6 +4,8 @@ naive per-sample PIL pipeline, with achieved GFLOP/s against a measured GEMM pea
     python experiments/benchmark_training.py [--models baseline vgg9] [--batches 20]
     python experiments/benchmark_training.py --knobs [--models vgg9]   # compile/threads/batch
     python experiments/benchmark_training.py --regularisers [--models vgg9]   # mixup/cutmix/EMA
+    python experiments/benchmark_training.py --sizes 48 32 24 [--models vgg8_gap_slim]
+        # the network step at each face size: what progressive resizing buys
 
 Uses FER2013 from $FERLAB_DATA when present (else random faces of the same shape). Run it on an
 otherwise idle machine: every figure is wall-clock throughput.
@@ -198,6 +200,32 @@ def regulariser_rates(model_name: str, batches: int, batch_size: int) -> None:
         print(f"  {name:<12}{rate:>8.0f} img/s  {rate / base:5.2f}x", flush=True)
 
 
+def size_rates(model_name: str, precision: str, sizes: list[int], batches: int,
+               batch_size: int) -> None:
+    """The network step (forward, loss, backward, optimiser) on faces of each side length: the
+    price list of progressive resizing (module.progressive_resize)."""
+    print(f"\n{model_name}, {precision} channels_last network step, batch {batch_size}:")
+    cfg = compose_cfg(model_name, precision, batch_size)
+    base = None
+    for size in sizes:
+        torch.manual_seed(0)
+        module = instantiate(cfg.module, model=instantiate(cfg.model))
+        optimizer = instantiate(cfg.module.optimizer)(params=module.parameters())
+        x = torch.randn(batch_size, 1, size, size)
+        y = torch.randint(0, cfg.data.num_classes, (batch_size,))
+        try:
+            flops = flops_per_image(module, x, y, precision)
+        except RuntimeError as err:  # a flatten head takes one size only
+            print(f"  {size:>3} px: the network cannot take this size ({str(err).splitlines()[0]})")
+            continue
+        # the first size also pays oneDNN's one-off kernel set-up: warm it up longer
+        rate = network_step_rate(module, optimizer, x, y, precision, batches,
+                                 warmup=3 if base else 10)
+        base = base or rate
+        print(f"  {size:>3} px {rate:>8.0f} img/s  {rate / base:5.2f}x   {flops / 1e9:6.3f} GFLOP/img",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["baseline", "vgg9"])
@@ -209,7 +237,15 @@ def main() -> None:
                         help="only the network step under torch.compile, threads, batch size")
     parser.add_argument("--regularisers", action="store_true",
                         help="only the whole step with mixup, cutmix or EMA (their cost)")
+    parser.add_argument("--sizes", nargs="+", type=int,
+                        help="only the network step at these face sizes (progressive resizing)")
     args = parser.parse_args()
+    if args.sizes:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        for model_name in args.models:
+            for precision in args.precisions:
+                size_rates(model_name, precision, args.sizes, args.batches, args.batch_size)
+        return
     if args.regularisers:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         for model_name in args.models:

@@ -412,3 +412,14 @@ def test_distillation_from_a_bad_teacher_is_explained(make_cfg, tmp_path, tiny_m
         train(_short_cfg(make_cfg, tmp_path / "b", [
             "trainer.max_epochs=1", "test=false", "data=fer2013_6class",
             f"module.teacher={tiny_model_file}"]))
+
+
+def test_progressive_resize_trains_and_refuses_a_flatten_head(make_cfg, tmp_path):
+    metrics = train(_short_cfg(make_cfg, tmp_path / "run", [
+        "model=vgg9_gap", "trainer.max_epochs=2", "test=false",
+        "module.progressive_resize=[[0,24],[1,48]]"]))
+    assert metrics["epochs"] == 2 and torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+    with pytest.raises(ValueError, match="cannot take that size"):
+        train(_short_cfg(make_cfg, tmp_path / "b", [
+            "model=vgg9", "trainer.max_epochs=1", "test=false",
+            "module.progressive_resize=[[0,32]]"]))
