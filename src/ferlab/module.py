@@ -192,6 +192,8 @@ class EmotionModule(L.LightningModule):
 
     def _check_resize_sizes(self) -> None:
         """Fail before the first step when the network cannot take a scheduled size."""
+        if not self.resize_steps:
+            return
         was_training = self.model.training
         self.model.eval()
         try:
