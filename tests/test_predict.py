@@ -200,3 +200,12 @@ def test_console_entry_point(mixed_folder, tiny_model_file):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "no_face"
+
+
+def test_missing_model_is_a_clear_error(mixed_folder, tmp_path):
+    with pytest.raises(SystemExit, match="nope.pt"):
+        _run([str(mixed_folder / "hopper.jpg"), "--model", str(tmp_path / "nope.pt")])
+    not_a_model = tmp_path / "notes.pt"
+    not_a_model.write_text("not a model")
+    with pytest.raises(SystemExit, match="notes.pt"):
+        _run([str(mixed_folder / "hopper.jpg"), "--model", str(not_a_model)])

@@ -201,9 +201,12 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
     if args.detector == "haar":
         detector_args |= {"scale_factor": args.scale_factor, "min_neighbors": args.min_neighbors,
                           "max_side": args.detect_size}
-    recognizer = EmotionRecognizer(args.model, device=args.device, tta=args.tta,
-                                   detector=make_detector(args.detector, **detector_args),
-                                   margin=args.margin, precision=args.precision)
+    try:
+        recognizer = EmotionRecognizer(args.model, device=args.device, tta=args.tta,
+                                       detector=make_detector(args.detector, **detector_args),
+                                       margin=args.margin, precision=args.precision)
+    except (FileNotFoundError, ValueError) as err:  # a bad --model: say so, no traceback
+        raise SystemExit(f"error: {err}") from None
     predictor = Predictor(recognizer, args, protected)
     console = Console(file=stderr, soft_wrap=True)  # keep paths whole in logs
     files = faces = 0
