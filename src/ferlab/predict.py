@@ -201,10 +201,11 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
     if args.detector == "haar":
         detector_args |= {"scale_factor": args.scale_factor, "min_neighbors": args.min_neighbors,
                           "max_side": args.detect_size}
+    detector = make_detector(args.detector, **detector_args)
     try:
         recognizer = EmotionRecognizer(args.model, device=args.device, tta=args.tta,
-                                       detector=make_detector(args.detector, **detector_args),
-                                       margin=args.margin, precision=args.precision)
+                                       detector=detector, margin=args.margin,
+                                       precision=args.precision)
     except (FileNotFoundError, ValueError) as err:  # a bad --model: say so, no traceback
         raise SystemExit(f"error: {err}") from None
     predictor = Predictor(recognizer, args, protected)
