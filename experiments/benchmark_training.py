@@ -222,8 +222,8 @@ def size_rates(model_name: str, precision: str, sizes: list[int], batches: int,
         rate = network_step_rate(module, optimizer, x, y, precision, batches,
                                  warmup=3 if base else 10)
         base = base or rate
-        print(f"  {size:>3} px {rate:>8.0f} img/s  {rate / base:5.2f}x   {flops / 1e9:6.3f} GFLOP/img",
-              flush=True)
+        print(f"  {size:>3} px {rate:>8.0f} img/s  {rate / base:5.2f}x   "
+              f"{flops / 1e9:6.3f} GFLOP/img", flush=True)
 
 
 def main() -> None:
