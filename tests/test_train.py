@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,14 +107,40 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
         train(cfg)
     first = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     assert first["epoch"] == 0
+    # the first sitting's training time is in the checkpoint; make it long, to see it carried
+    timer_state = next(v for k, v in first["callbacks"].items() if k.startswith("Timer"))
+    assert timer_state["time_elapsed"]["train"] > 0
+    timer_state["time_elapsed"]["train"] = 1000.0
+    torch.save(first, out / "checkpoints/last.ckpt")
 
     metrics = train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}"]))
     last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and metrics["epochs"] == 3
     assert last["global_step"] == 3 * first["global_step"] == 3 * 7
+    assert 1000 < metrics["fit_seconds_total"] < 1000 + metrics["fit_seconds"] + 0.2  # rounding
     # the one-cycle schedule carried on where it stopped and ran to its end
     uninterrupted = train(_short_cfg(make_cfg, tmp_path / "straight", ["test=false"]))
     assert metrics["train/lr"] == pytest.approx(uninterrupted["train/lr"])
+
+
+class SlowEpochs(Callback):
+    """Epochs of a known least length, for the Timer."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        time.sleep(1.1)
+
+
+def test_timer_duration_stops_at_an_epoch_end_and_resume_goes_on(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    cfg = _short_cfg(make_cfg, out, ["test=false", "callbacks.timer.duration='00:00:00:01'"])
+    with open_dict(cfg):
+        cfg.callbacks.slow = {"_target_": f"{__name__}.SlowEpochs"}
+    first = train(cfg)
+    assert first["epochs"] == 1  # stopped after the first epoch, with its checkpoint
+    assert torch.load(out / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
+    metrics = train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}"]))
+    assert metrics["epochs"] == 3
+    assert metrics["fit_seconds_total"] > 1.1
 
 
 def test_resume_warns_about_a_changed_config(make_cfg, tmp_path, caplog):

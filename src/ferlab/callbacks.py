@@ -6,6 +6,7 @@ import logging
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 
 log = logging.getLogger(__name__)
 
@@ -24,5 +25,7 @@ class EpochSummary(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = trainer.callback_metrics
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics)
-        log.info("epoch %d/%d %.0fs %s", trainer.current_epoch + 1, trainer.max_epochs,
-                 time.perf_counter() - self._start, values)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        total = f" (training {timer.time_elapsed('train'):.0f}s in all)" if timer else ""
+        log.info("epoch %d/%d %.0fs%s %s", trainer.current_epoch + 1, trainer.max_epochs,
+                 time.perf_counter() - self._start, total, values)

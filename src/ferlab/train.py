@@ -11,7 +11,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf
 
 from ferlab.checkpoint import (
@@ -75,11 +75,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update({
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
+        "fit_seconds_total": round(_training_seconds(callbacks, fit_seconds), 1),
         "params": module.num_parameters(),
     })
     _log_hparams(trainer, cfg, metrics)
     write_json(output_dir / "metrics.json", metrics)
     return metrics
+
+
+def _training_seconds(callbacks: list, fit_seconds: float) -> float:
+    """Training time over all sittings of a run: the Timer callback carries it through resume=
+    (its state is in every checkpoint); without one, this sitting's fit time."""
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    return timer.time_elapsed("train") if timer is not None else fit_seconds
 
 
 def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:
