@@ -138,6 +138,9 @@ def test_timer_duration_stops_at_an_epoch_end_and_resume_goes_on(make_cfg, tmp_p
     first = train(cfg)
     assert first["epochs"] == 1  # stopped after the first epoch, with its checkpoint
     assert torch.load(out / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
+    with pytest.raises(ValueError, match=r"already past the timer's duration \(1 s\)"):
+        train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}",
+                                         "callbacks.timer.duration='00:00:00:01'"]))
     metrics = train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}"]))
     assert metrics["epochs"] == 3
     assert metrics["fit_seconds_total"] > 1.1

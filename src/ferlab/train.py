@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
     if resume is not None:
-        _warn_config_changes(resume, cfg)
+        _check_resume(resume, cfg, _timer(callbacks))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
@@ -83,10 +83,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _timer(callbacks: list) -> Timer | None:
+    return next((c for c in callbacks if isinstance(c, Timer)), None)
+
+
 def _training_seconds(callbacks: list, fit_seconds: float) -> float:
     """Training time over all sittings of a run: the Timer callback carries it through resume=
     (its state is in every checkpoint); without one, this sitting's fit time."""
-    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    timer = _timer(callbacks)
     return timer.time_elapsed("train") if timer is not None else fit_seconds
 
 
@@ -121,9 +125,27 @@ def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | Non
     return teacher
 
 
-def _warn_config_changes(ckpt_path: Path, cfg: DictConfig) -> None:
+def _check_resume(ckpt_path: Path, cfg: DictConfig, timer: Timer | None) -> None:
+    """Refuse a resume whose training-time budget is already spent (it would stop at once), and
+    say which settings differ from the checkpoint's."""
+    checkpoint = read_torch_file(ckpt_path, "PyTorch checkpoint")
+    timer_state = next((state for key, state in checkpoint.get("callbacks", {}).items()
+                        if key.startswith("Timer")), None)
+    if timer is not None and timer_state is not None:
+        timer.load_state_dict(timer_state)
+        remaining = timer.time_remaining()
+        if remaining is not None and remaining <= 0:
+            elapsed = timer.time_elapsed()
+            raise ValueError(
+                f"{ckpt_path} has trained {elapsed:.0f} s over its sittings, already past the "
+                f"timer's duration ({elapsed + remaining:.0f} s), so the resumed run would stop at "
+                "once. Give a later callbacks.timer.duration (it counts all sittings, "
+                "DD:HH:MM:SS) or callbacks.timer.duration=null.")
+    _warn_config_changes(checkpoint.get(CONFIG_KEY), cfg, ckpt_path)
+
+
+def _warn_config_changes(saved: dict | None, cfg: DictConfig, ckpt_path: Path) -> None:
     """A resumed run should use the original config; say which settings differ."""
-    saved = read_torch_file(ckpt_path, "PyTorch checkpoint").get(CONFIG_KEY)
     if saved is None:
         return
     before, now = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
