@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,7 +100,7 @@ class CrashAfterFirstEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path, caplog):
     out = tmp_path / "run"
     cfg = _short_cfg(make_cfg, out, ["test=false"])
     with open_dict(cfg):
@@ -113,9 +115,11 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
     timer_state["time_elapsed"]["train"] = 1000.0
     torch.save(first, out / "checkpoints/last.ckpt")
 
+    caplog.set_level(logging.INFO, logger="ferlab.callbacks")
     metrics = train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}"]))
     last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and metrics["epochs"] == 3
+    assert re.search(r"epoch 3/3 \d+s \(training 100\ds in all\) train/loss_epoch=", caplog.text)
     assert last["global_step"] == 3 * first["global_step"] == 3 * 7
     assert 1000 < metrics["fit_seconds_total"] < 1000 + metrics["fit_seconds"] + 0.2  # rounding
     # the one-cycle schedule carried on where it stopped and ran to its end

@@ -11,6 +11,11 @@ from lightning.pytorch.callbacks import Timer
 log = logging.getLogger(__name__)
 
 
+def find_timer(callbacks: list) -> Timer | None:
+    """The run's Timer callback (its training time is carried through resume=), if it has one."""
+    return next((c for c in callbacks if isinstance(c, Timer)), None)
+
+
 class EpochSummary(L.Callback):
     """One log line per epoch (to train.log), readable in a background run's log file."""
 
@@ -25,7 +30,7 @@ class EpochSummary(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = trainer.callback_metrics
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics)
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        timer = find_timer(trainer.callbacks)
         total = f" (training {timer.time_elapsed('train'):.0f}s in all)" if timer else ""
         log.info("epoch %d/%d %.0fs%s %s", trainer.current_epoch + 1, trainer.max_epochs,
                  time.perf_counter() - self._start, total, values)

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab.callbacks import find_timer
 from ferlab.checkpoint import (
     CONFIG_KEY,
     ConfigInCheckpoint,
@@ -47,6 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _init_weights(module.model, cfg.init_from, cfg.model)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks.append(ConfigInCheckpoint(cfg))
+    timer = find_timer(callbacks)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
@@ -59,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
     if resume is not None:
-        _check_resume(resume, cfg, _timer(callbacks))
+        _check_resume(resume, cfg, timer)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
@@ -75,23 +77,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update({
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
-        "fit_seconds_total": round(_training_seconds(callbacks, fit_seconds), 1),
+        # over all sittings of a resumed run: the Timer's state is in every checkpoint
+        "fit_seconds_total": round(timer.time_elapsed() if timer else fit_seconds, 1),
         "params": module.num_parameters(),
     })
     _log_hparams(trainer, cfg, metrics)
     write_json(output_dir / "metrics.json", metrics)
     return metrics
-
-
-def _timer(callbacks: list) -> Timer | None:
-    return next((c for c in callbacks if isinstance(c, Timer)), None)
-
-
-def _training_seconds(callbacks: list, fit_seconds: float) -> float:
-    """Training time over all sittings of a run: the Timer callback carries it through resume=
-    (its state is in every checkpoint); without one, this sitting's fit time."""
-    timer = _timer(callbacks)
-    return timer.time_elapsed("train") if timer is not None else fit_seconds
 
 
 def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:
