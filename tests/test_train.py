@@ -136,11 +136,12 @@ class SlowEpochs(Callback):
 
 def test_timer_duration_stops_at_an_epoch_end_and_resume_goes_on(make_cfg, tmp_path):
     out = tmp_path / "run"
-    cfg = _short_cfg(make_cfg, out, ["test=false", "callbacks.timer.duration='00:00:00:01'"])
+    cfg = _short_cfg(make_cfg, out, ["test=true", "callbacks.timer.duration='00:00:00:01'"])
     with open_dict(cfg):
         cfg.callbacks.slow = {"_target_": f"{__name__}.SlowEpochs"}
     first = train(cfg)
     assert first["epochs"] == 1  # stopped after the first epoch, with its checkpoint
+    assert "test/acc" not in first  # an unfinished run is not tested
     assert torch.load(out / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
     with pytest.raises(ValueError, match=r"already past the timer's duration \(1 s\)"):
         train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}",

@@ -67,7 +67,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fit_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
-    if cfg.get("test") and not trainer.fast_dev_run and not trainer.interrupted:
+    remaining = timer.time_remaining() if timer is not None else None
+    paused = remaining is not None and remaining <= 0 and trainer.current_epoch < trainer.max_epochs
+    if paused:
+        log.info("Stopped by callbacks.timer.duration after %d of %d epochs; the test waits for "
+                 "the end of the run (resume=%s to go on).", trainer.current_epoch,
+                 trainer.max_epochs, output_dir)
+    if cfg.get("test") and not trainer.fast_dev_run and not trainer.interrupted and not paused:
         best = next((c.best_model_path for c in callbacks
                      if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
         for result in trainer.test(module, datamodule=datamodule, ckpt_path=best):
