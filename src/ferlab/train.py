@@ -65,6 +65,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
+    # over all sittings of a resumed run (the Timer's state is in every checkpoint); read now, as
+    # testing a checkpoint restores that checkpoint's Timer state
+    fit_seconds_total = timer.time_elapsed() if timer is not None else fit_seconds
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     remaining = timer.time_remaining() if timer is not None else None
@@ -83,8 +86,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update({
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
-        # over all sittings of a resumed run: the Timer's state is in every checkpoint
-        "fit_seconds_total": round(timer.time_elapsed() if timer else fit_seconds, 1),
+        "fit_seconds_total": round(fit_seconds_total, 1),
         "params": module.num_parameters(),
     })
     _log_hparams(trainer, cfg, metrics)
