@@ -70,8 +70,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fit_seconds_total = timer.time_elapsed() if timer is not None else fit_seconds
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
-    remaining = timer.time_remaining() if timer is not None else None
-    paused = remaining is not None and remaining <= 0 and trainer.current_epoch < trainer.max_epochs
+    paused = _time_is_up(timer) and trainer.current_epoch < trainer.max_epochs
     if paused:
         log.info("Stopped by callbacks.timer.duration after %d of %d epochs; the test waits for "
                  "the end of the run (resume=%s to go on).", trainer.current_epoch,
@@ -125,6 +124,12 @@ def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | Non
     return teacher
 
 
+def _time_is_up(timer: Timer | None) -> bool:
+    """Whether the run's callbacks.timer.duration (counted over all sittings) is spent."""
+    remaining = timer.time_remaining() if timer is not None else None
+    return remaining is not None and remaining <= 0
+
+
 def _check_resume(ckpt_path: Path, cfg: DictConfig, timer: Timer | None) -> None:
     """Refuse a resume whose training-time budget is already spent (it would stop at once), and
     say which settings differ from the checkpoint's."""
@@ -133,14 +138,13 @@ def _check_resume(ckpt_path: Path, cfg: DictConfig, timer: Timer | None) -> None
                         if key.startswith("Timer")), None)
     if timer is not None and timer_state is not None:
         timer.load_state_dict(timer_state)
-        remaining = timer.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if _time_is_up(timer):
             elapsed = timer.time_elapsed()
             raise ValueError(
                 f"{ckpt_path} has trained {elapsed:.0f} s over its sittings, already past the "
-                f"timer's duration ({elapsed + remaining:.0f} s), so the resumed run would stop at "
-                "once. Give a later callbacks.timer.duration (it counts all sittings, "
-                "DD:HH:MM:SS) or callbacks.timer.duration=null.")
+                f"timer's duration ({elapsed + timer.time_remaining():.0f} s), so the resumed run "
+                "would stop at once. Give a later callbacks.timer.duration (it counts all "
+                "sittings, DD:HH:MM:SS) or callbacks.timer.duration=null.")
     _warn_config_changes(checkpoint.get(CONFIG_KEY), cfg, ckpt_path)
 
 
