@@ -43,6 +43,11 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
         after: str | None = None, hardware_text: str | None = None,
         figures: bool = True) -> Path:
     study = HERE / name
+    if not (run / "metrics.json").is_file():  # checked before anything is written
+        raise SystemExit(
+            f"{run} has no metrics.json: the run did not finish (still running, or killed before "
+            "its end). Record a finished run, or one stopped by callbacks.timer.duration, which "
+            "writes metrics.json; go on with a cut run with `resume=<run dir>` first.")
     study.mkdir(parents=True, exist_ok=True)
     metrics = json.loads((run / "metrics.json").read_text())
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []

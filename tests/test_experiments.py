@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,3 +77,16 @@ def test_record_without_figures_keeps_the_numbers(tmp_path, monkeypatch):
     assert "| test | 0.5 |" in text and "![" not in text and "ferlab.evaluate" in text
     assert json.loads((study / "study.json").read_text())["eval"]["test"]["acc"] == 0.5
     assert "| 0.5000 / - (flip) |" in record.table()
+
+
+def test_record_of_a_run_cut_before_its_end_writes_nothing(tmp_path, monkeypatch):
+    """A killed run has no metrics.json: recording it fails with what to do, and leaves no empty
+    study folder behind."""
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=vgg9\n")
+    with pytest.raises(SystemExit, match="did not finish.*resume="):
+        record.add("cut", run, "q?", None)
+    assert not (tmp_path / "experiments" / "cut").exists()
