@@ -420,6 +420,28 @@ def test_ema_checkpoints_hold_the_averaged_weights_and_resume(make_cfg, tmp_path
     assert last["averaging_state"]["n_averaged"] == last["global_step"]
 
 
+def test_ema_run_is_tested_on_the_averaged_weights(make_cfg, tmp_path):
+    """The test after fit measures the best checkpoint's averaged network (what val chose,
+    what evaluate and export read), not the trained weights stored beside it."""
+    import lightning as L
+
+    out = tmp_path / "run"
+    metrics = train(_short_cfg(make_cfg, out, ["callbacks=ema", "callbacks.ema.decay=0.5"]))
+    best = Path(metrics["test/ckpt"])
+    module, cfg = load_checkpoint(best)
+
+    def test_loss(state_dict) -> float:
+        module.load_state_dict(state_dict)
+        tester = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                           enable_model_summary=False)
+        return tester.test(module, datamodule=instantiate(cfg.data), verbose=False)[0]["test/loss"]
+
+    saved = torch.load(best, weights_only=True)
+    averaged, trained = test_loss(saved["state_dict"]), test_loss(saved["current_model_state"])
+    assert averaged != pytest.approx(trained, rel=1e-4)  # the two networks are told apart
+    assert metrics["test/loss"] == pytest.approx(averaged, rel=1e-4)
+
+
 def test_mixup_and_cutmix_train(make_cfg, tmp_path):
     metrics = train(_short_cfg(make_cfg, tmp_path / "run", [
         "trainer.max_epochs=1", "test=false", "module.mixup_alpha=0.2",

@@ -6,7 +6,8 @@ import logging
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import EMAWeightAveraging, Timer
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +35,18 @@ class EpochSummary(L.Callback):
         total = f" (training {timer.time_elapsed('train'):.0f}s in all)" if timer else ""
         log.info("epoch %d/%d %.0fs%s %s", trainer.current_epoch + 1, trainer.max_epochs,
                  time.perf_counter() - self._start, total, values)
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, whose test after fit measures the averaged network.
+
+    A checkpoint holds the averaged weights in ``state_dict`` (what evaluate, export and
+    init_from read) and the trained ones in ``current_model_state``. Lightning's callback loads
+    the trained ones whenever it holds an average, so ``trainer.test(ckpt_path=best)`` after
+    fit measured the raw network of the best epoch, not the averaged one that val chose and
+    that ships. Outside fitting this keeps the averaged ``state_dict`` the trainer loaded.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # resume: both networks go on training
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
