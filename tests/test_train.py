@@ -442,6 +442,14 @@ def test_ema_run_is_tested_on_the_averaged_weights(make_cfg, tmp_path):
     assert metrics["test/loss"] == pytest.approx(averaged, rel=1e-4)
 
 
+def test_ema_resumes_runs_checkpointed_with_lightnings_own_callback():
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from ferlab.callbacks import EMA
+
+    assert EMA(decay=0.9).state_key == EMAWeightAveraging(decay=0.9).state_key
+
+
 def test_mixup_and_cutmix_train(make_cfg, tmp_path):
     metrics = train(_short_cfg(make_cfg, tmp_path / "run", [
         "trainer.max_epochs=1", "test=false", "module.mixup_alpha=0.2",

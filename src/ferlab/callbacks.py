@@ -47,6 +47,11 @@ class EMA(EMAWeightAveraging):
     that ships. Outside fitting this keeps the averaged ``state_dict`` the trainer loaded.
     """
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's own key, so runs checkpointed with its callback resume with this one."""
+        return EMAWeightAveraging.__qualname__
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # resume: both networks go on training
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
