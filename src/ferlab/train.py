@@ -153,8 +153,10 @@ def _warn_config_changes(saved: dict | None, cfg: DictConfig, ckpt_path: Path) -
     if saved is None:
         return
     before, now = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    # where a run reads or writes, and init_from (a resume must drop it), are not the recipe
     changed = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and k.split(".")[0] not in ("resume", "paths")]
+               if before.get(k) != now.get(k)
+               and k.split(".")[0] not in ("resume", "paths", "init_from")]
     if changed:
         log.warning("Resuming %s with a config that differs from the checkpoint's (schedules such "
                     "as one-cycle cannot be stretched):\n  %s", ckpt_path, "\n  ".join(changed))
