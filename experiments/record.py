@@ -2,10 +2,14 @@
 
     python experiments/record.py add NAME --run runs/vgg9_e24 [--eval runs/eval/<time>] \
         --question "What does vgg9 reach in 24 epochs on 2 CPU cores?" [--hardware "1 GPU ..."]
+    python experiments/record.py retest NAME [--eval runs/eval/<time>]
     python experiments/record.py table
 
 ``add`` copies the run's metrics.json, its Hydra overrides (the exact command) and, when
-given, an evaluation report into experiments/NAME/; ``table`` rebuilds the README table from
+given, an evaluation report into experiments/NAME/; ``retest`` replaces a study's in-run test
+figures by those of ``python -m ferlab.evaluate`` on the same checkpoint without TTA (the
+in-run test of EMA runs recorded before commit 27d16e4 measured the raw, not the averaged,
+weights); ``table`` rebuilds the README table from
 every experiments/*/study.json. Numbers are never typed by hand.
 """
 
@@ -88,6 +92,46 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
     return study
 
 
+def retest(name: str, eval_dir: Path | None = None) -> Path:
+    """Replace NAME's in-run test figures by an evaluation of the checkpoint it tested.
+
+    ``eval_dir`` defaults to the study's own report; its figures without TTA (``no_tta``, or
+    the whole report when it ran with ``tta=none``) are used. The replaced figures stay in
+    the study under ``test_raw_weights``.
+    """
+    path = HERE / name / "study.json"
+    if not path.is_file():
+        raise SystemExit(f"no study {path}")
+    s = json.loads(path.read_text())
+    eval_dir = eval_dir or HERE / name / "report"
+    ckpt = s["train"].get("test/ckpt")
+    if ckpt is None:
+        raise SystemExit(f"study {name} has no in-run test (train test/ckpt) to replace")
+    how = (f"Evaluate that checkpoint: python -m ferlab.evaluate ckpt_path={ckpt} splits=[test] "
+           "tta=none, then pass its output folder with --eval.")
+    if not (eval_dir / "metrics.json").is_file():
+        raise SystemExit(f"{eval_dir} holds no evaluation (metrics.json). {how}")
+    report = json.loads((eval_dir / "metrics.json").read_text())
+    source, root = report["model"]["source"], HERE.parent
+    if (root / source).resolve() != (root / ckpt).resolve():
+        raise SystemExit(f"{eval_dir} evaluated {source}, not the checkpoint study {name} was "
+                         f"tested on. {how}")
+    test = report["datasets"].get("test", {})
+    plain = test if report["tta"] == "none" else test.get("no_tta")
+    if not plain:
+        raise SystemExit(f"{eval_dir} has no PrivateTest figures without TTA. {how}")
+    figures = {f"test/{k}": plain[k] for k in ("acc", "acc_macro", "acc_top2")}
+    if report["tta"] == "none":  # per-class recall is only in a report without TTA
+        figures.update({f"test/recall/{c}": v["recall"] for c, v in test["per_class"].items()})
+    old = {k: v for k, v in s["train"].items() if k.startswith("test/") and k != "test/ckpt"}
+    s.setdefault("test_raw_weights", old)  # a second retest keeps the first figures
+    s["train"] = {k: v for k, v in s["train"].items() if k not in old} | figures
+    s["test_from"] = (f"python -m ferlab.evaluate of test/ckpt without TTA ({eval_dir.name}); "
+                      "the in-run figures it replaced are under test_raw_weights")
+    path.write_text(json.dumps(s, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def stages(study: dict) -> list[dict]:
     """The study and every study whose model it started from (``after``), first stage first."""
     chain, seen = [study], set()
@@ -150,12 +194,19 @@ def main() -> None:
     a.add_argument("--hardware", help="where the run trained, when not on this machine's CPUs")
     a.add_argument("--no-figures", dest="figures", action="store_false",
                    help="record the evaluation's numbers and report.md without its figures")
+    r = sub.add_parser("retest", help="replace the in-run test figures by an evaluation of "
+                                      "the same checkpoint without TTA")
+    r.add_argument("name")
+    r.add_argument("--eval", type=Path,
+                   help="a ferlab.evaluate folder (default: the study's own report)")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.cmd == "add":
         study = add(args.name, args.run, args.question, args.eval, args.after, args.hardware,
                     args.figures)
         print(f"recorded {study}")
+    elif args.cmd == "retest":
+        print(f"retested {retest(args.name, args.eval)}")
     write_table()
 
 

@@ -90,3 +90,62 @@ def test_record_of_a_run_cut_before_its_end_writes_nothing(tmp_path, monkeypatch
     with pytest.raises(SystemExit, match="did not finish.*resume="):
         record.add("cut", run, "q?", None)
     assert not (tmp_path / "experiments" / "cut").exists()
+
+
+def _study_with_in_run_test(record, tmp_path, ckpt: str) -> Path:
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(
+        {"epochs": 2, "fit_seconds": 6.0, "test/ckpt": ckpt, "test/acc": 0.25,
+         "test/loss": 1.5, "test/recall/happy": 0.5, "val/acc_best": 0.3}))
+    (run / ".hydra" / "overrides.yaml").write_text("- callbacks=ema\n")
+    (run / ".hydra" / "config.yaml").write_text(
+        "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
+    return record.add("s", run, "q?", None)
+
+
+def _evaluation(folder: Path, source: str, tta: str) -> Path:
+    folder.mkdir(parents=True)
+    test = {"acc": 0.5, "acc_macro": 0.4, "acc_top2": 0.7, "n": 10,
+            "per_class": {"happy": {"recall": 0.9}}}
+    if tta != "none":
+        test = {**test, "acc": 0.55, "no_tta": {"acc": 0.5, "acc_macro": 0.4, "acc_top2": 0.7}}
+    (folder / "metrics.json").write_text(json.dumps(
+        {"tta": tta, "model": {"source": source}, "datasets": {"test": test}}))
+    return folder
+
+
+def test_retest_replaces_the_in_run_test_by_an_evaluation_of_its_checkpoint(
+        tmp_path, monkeypatch):
+    """The in-run test of an EMA run made before the fix measured the raw weights: retest puts
+    the evaluation's figures of the same checkpoint, without TTA, in their place and keeps the
+    replaced ones."""
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    ckpt = str(tmp_path / "runs/r/checkpoints/best.ckpt")
+    study = _study_with_in_run_test(record, tmp_path, ckpt)
+    ev = _evaluation(tmp_path / "eval_plain", "runs/r/checkpoints/best.ckpt", "none")
+    s = json.loads(record.retest("s", ev).read_text())
+    assert s["train"]["test/acc"] == 0.5 and s["train"]["test/acc_macro"] == 0.4
+    assert s["train"]["test/recall/happy"] == 0.9 and "test/loss" not in s["train"]
+    assert s["train"]["test/ckpt"] == ckpt and s["train"]["val/acc_best"] == 0.3
+    assert s["test_raw_weights"] == {"test/acc": 0.25, "test/loss": 1.5,
+                                     "test/recall/happy": 0.5}
+    assert "| 0.5000 |" in record.table()
+    # the study's own flip report: the figures without TTA, the raw ones kept from before
+    _evaluation(study / "report", ckpt, "flip")
+    s = json.loads(record.retest("s").read_text())
+    assert s["train"]["test/acc"] == 0.5 and s["test_raw_weights"]["test/acc"] == 0.25
+
+
+def test_retest_refuses_an_evaluation_of_another_checkpoint(tmp_path, monkeypatch):
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    study = _study_with_in_run_test(record, tmp_path, str(tmp_path / "runs/r/best.ckpt"))
+    before = (study / "study.json").read_text()
+    ev = _evaluation(tmp_path / "eval", "runs/r/last.ckpt", "none")
+    with pytest.raises(SystemExit, match="not the checkpoint.*ferlab.evaluate ckpt_path="):
+        record.retest("s", ev)
+    with pytest.raises(SystemExit, match="holds no evaluation"):
+        record.retest("s")  # the study has no report of its own
+    assert (study / "study.json").read_text() == before
