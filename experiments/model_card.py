@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from record import stages  # experiments/record.py, beside this script (python experiments/...)
+from record import stages, train_seconds  # experiments/record.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -65,12 +65,12 @@ def _storage(model_file: Path) -> str:
 def render(study: dict, report: dict, model_file: Path, stages: list[dict]) -> str:
     test, val = report["datasets"]["test"], report["datasets"].get("val")
     t = study["train"]
-    minutes = sum(s["train"]["fit_seconds"] for s in stages) / 60
+    minutes = sum(train_seconds(s["train"]) for s in stages) / 60
     epochs = sum(s["train"]["epochs"] for s in stages)
     hardware = "; ".join(f"{s['train']['epochs']} epochs on {s['hardware']}" for s in stages)
     precision = ", ".join(sorted({s.get("precision", "32-true") for s in stages}))
     commands = "; then ".join(f"`{s['command']}` ({s['train']['epochs']} epochs, "
-                              f"{s['train']['fit_seconds'] / 60:.0f} min)" for s in stages)
+                              f"{train_seconds(s['train']) / 60:.0f} min)" for s in stages)
     verdict = (f"It meets ferlab's target (>= {TARGET} on PrivateTest)" if test["acc"] >= TARGET
                else f"It does not meet ferlab's target (>= {TARGET} on PrivateTest)")
     verdict += (f" and is {100 * (test['acc'] - FER_PRIVATETEST):+.1f} points against `fer`'s "

@@ -132,6 +132,13 @@ def retest(name: str, eval_dir: Path | None = None) -> Path:
     return path
 
 
+def train_seconds(train: dict) -> float:
+    """A run's training time: all of ``trainer.fit`` for a run made in one sitting; for a run
+    resumed over several sittings (``resume=``), the Timer's sum over them, since ``fit_seconds``
+    is then the last sitting's alone (each sitting's start-up, about a minute, is not in it)."""
+    return max(train.get("fit_seconds", 0), train.get("fit_seconds_total", 0))
+
+
 def stages(study: dict) -> list[dict]:
     """The study and every study whose model it started from (``after``), first stage first."""
     chain, seen = [study], set()
@@ -156,7 +163,7 @@ def table() -> str:
         t = s["train"]
         chain = [stage["train"] for stage in stages(s)]  # earlier stages first
         epochs = "+".join(str(stage.get("epochs", "")) for stage in chain)
-        minutes = "+".join(f"{stage.get('fit_seconds', 0) / 60:.0f}" for stage in chain)
+        minutes = "+".join(f"{train_seconds(stage) / 60:.0f}" for stage in chain)
         ev = s.get("eval")
         val_best = f"{t.get('val/acc_best', float('nan')):.4f}"
         ev_text = (f"{ev['test']['acc']:.4f} / {ev['val']['acc']:.4f} ({ev['tta']})"

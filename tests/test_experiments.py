@@ -149,3 +149,22 @@ def test_retest_refuses_an_evaluation_of_another_checkpoint(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="holds no evaluation"):
         record.retest("s")  # the study has no report of its own
     assert (study / "study.json").read_text() == before
+
+
+def test_a_run_resumed_over_sittings_counts_every_sitting(tmp_path, monkeypatch):
+    """fit_seconds is the last sitting's alone in a resumed run; the table shows the Timer's sum
+    over all of them, and a one-sitting run keeps its whole fit time."""
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    for name, seconds in (("resumed", {"fit_seconds": 600.0, "fit_seconds_total": 3600.0}),
+                          ("one", {"fit_seconds": 1260.0, "fit_seconds_total": 1200.0})):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"epochs": 4, **seconds}))
+        (run / ".hydra" / "overrides.yaml").write_text("- model=vgg9\n")
+        (run / ".hydra" / "config.yaml").write_text(
+            "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
+        record.add(name, run, "q?", None)
+    rows = record.table().splitlines()
+    assert "| 4 | 60 min |" in next(r for r in rows if r.startswith("| [resumed]"))
+    assert "| 4 | 21 min |" in next(r for r in rows if r.startswith("| [one]"))
