@@ -9,8 +9,8 @@
 given, an evaluation report into experiments/NAME/; ``retest`` replaces a study's in-run test
 figures by those of ``python -m ferlab.evaluate`` on the same checkpoint without TTA (the
 in-run test of EMA runs recorded before commit 27d16e4 measured the raw, not the averaged,
-weights); ``table`` rebuilds the README table from
-every experiments/*/study.json. Numbers are never typed by hand.
+weights); ``table`` rebuilds the README table from every experiments/*/study.json. Numbers
+are never typed by hand.
 """
 
 from __future__ import annotations
