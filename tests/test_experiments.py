@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,43 @@ def test_a_run_resumed_over_sittings_counts_every_sitting(tmp_path, monkeypatch)
     rows = record.table().splitlines()
     assert "| 4 | 60 min |" in next(r for r in rows if r.startswith("| [resumed]"))
     assert "| 4 | 21 min |" in next(r for r in rows if r.startswith("| [one]"))
+
+
+@pytest.mark.parametrize("epochs, kept", [(20, False), (14, True)])
+def test_a_sittings_time_budget_is_the_recipe_only_of_a_run_it_cut_short(
+        tmp_path, monkeypatch, epochs, kept):
+    """A run resumed on to its last epoch was made by its overrides without the first sitting's
+    callbacks.timer.duration; a run that the timer stopped for good keeps it. The seed is kept."""
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"epochs": epochs, "fit_seconds": 60.0}))
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=vgg8_gap_restart_trainval\n- callbacks.timer.duration='00:00:30:00'\n")
+    (run / ".hydra" / "config.yaml").write_text(
+        "seed: 43\ndata: {num_classes: 7, train_splits: [train]}\n"
+        "trainer: {precision: 32-true, max_epochs: 20}\n")
+    study = json.loads((record.add("s", run, "q?", None) / "study.json").read_text())
+    assert ("callbacks.timer.duration='00:00:30:00'" in study["command"]) is kept
+    assert study["command"].startswith(
+        "python -m ferlab.train experiment=vgg8_gap_restart_trainval")
+    assert study["seed"] == 43
+
+
+def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch):
+    """MODEL_CARD.md is generated: rendering it again from the study and report it names (and
+    the shipped weights) gives the committed text, so no figure in it was typed by hand."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("model_card",
+                                                  ROOT / "experiments/model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    text = (ROOT / "MODEL_CARD.md").read_text()
+    name = re.search(r"`experiments/(\w+)/report/report\.md`", text).group(1)
+    model_file = ROOT / "src/ferlab/weights" / re.search(r"`ferlab/weights/([\w.]+)`",
+                                                         text).group(1)
+    study = {**json.loads((ROOT / "experiments" / name / "study.json").read_text()),
+             "name": name}
+    report = json.loads((ROOT / "experiments" / name / "report/metrics.json").read_text())
+    assert card.render(study, report, model_file, card.stages(study)) == text
