@@ -1,6 +1,6 @@
 """Write MODEL_CARD.md from the shipped model's evaluation report (numbers from runs only).
 
-    python experiments/model_card.py --study vgg9_e24 --report runs/eval/<time>
+    python experiments/model_card.py --study vgg9_e24 --report runs/eval/<time> [--rerun NAME]
 """
 
 from __future__ import annotations
@@ -78,6 +78,25 @@ def _where(stages: list[dict]) -> str:
     return text
 
 
+def _rerun(rerun: dict | None) -> str:
+    """A line on the same commands run on other hardware (a recorded chain of studies), with
+    their training time there and what the model they made scored."""
+    if rerun is None:
+        return ""
+    chain = stages(rerun)
+    minutes = sum(train_seconds(s["train"]) for s in chain) / 60
+    sittings = (", summed over sittings resumed with `resume=<run dir>`"
+                if any(train_seconds(s["train"]) > s["train"]["fit_seconds"] + 60 for s in chain)
+                else "")
+    ev = rerun["eval"]
+    return (f"\n- The same commands on {rerun['hardware']}, "
+            f"{', '.join(sorted({s.get('precision', '32-true') for s in chain}))}: "
+            f"{minutes:.0f} min of training for {sum(s['train']['epochs'] for s in chain)} "
+            f"epochs{sittings}; that model scores {ev['test']['acc']:.4f} on PrivateTest with "
+            f"{ev['tta']} TTA (study [`{rerun['name']}`](experiments/{rerun['name']}/) and the "
+            "stages before it; not the shipped file).")
+
+
 FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 3
 TARGET = 0.72
 
@@ -89,7 +108,8 @@ def _storage(model_file: Path) -> str:
             else "float32 weights")
 
 
-def render(study: dict, report: dict, model_file: Path, stages: list[dict]) -> str:
+def render(study: dict, report: dict, model_file: Path, stages: list[dict],
+           rerun: dict | None = None) -> str:
     test, val = report["datasets"]["test"], report["datasets"].get("val")
     t = study["train"]
     minutes = sum(train_seconds(s["train"]) for s in stages) / 60
@@ -120,7 +140,7 @@ The model that `EmotionRecognizer()` loads (offline, from inside the package, {m
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
 - Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {precision},
   channels_last). {_where(stages)};
-  `experiments/README.md` gives the measured CPU throughput.
+  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun)}
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 
 ## How good it is (FER2013, measured by `python -m ferlab.evaluate`)
@@ -161,18 +181,38 @@ CI recomputes the PrivateTest accuracy through `EmotionRecognizer()` and fails b
 """
 
 
+def _recipes(chain: list[dict]) -> list[str]:
+    """Each stage's experiment config (what a rerun on other hardware must share)."""
+    return [next((o for o in s["command"].split() if o.startswith("experiment=")), "-")
+            for s in chain]
+
+
+def _study(name: str) -> dict:
+    path = HERE / name / "study.json"
+    if not path.is_file():
+        raise SystemExit(f"no study {path}: name a folder of experiments/ (record.py add)")
+    return {**json.loads(path.read_text()), "name": name}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--model-file", type=Path,
                         default=ROOT / "src/ferlab/weights/ferlab_fer2013.pt")
+    parser.add_argument("--rerun", help="last stage of the same commands run on other hardware "
+                        "(a study with an evaluation), e.g. cpu_chain3")
     args = parser.parse_args()
-    study = json.loads((HERE / args.study / "study.json").read_text())
-    study["name"] = args.study
-    chain = stages(study)
+    study, rerun = _study(args.study), _study(args.rerun) if args.rerun else None
+    if rerun is not None and "eval" not in rerun:
+        raise SystemExit(f"--rerun {args.rerun}: the study has no evaluation; record it with "
+                         "record.py add ... --eval <python -m ferlab.evaluate output folder>")
+    if rerun is not None and _recipes(stages(rerun)) != _recipes(stages(study)):
+        raise SystemExit(f"--rerun {args.rerun}: its stages ran {_recipes(stages(rerun))}, "
+                         f"not the shipped model's {_recipes(stages(study))}")
     report = json.loads((args.report / "metrics.json").read_text())
-    (ROOT / "MODEL_CARD.md").write_text(render(study, report, args.model_file, chain))
+    (ROOT / "MODEL_CARD.md").write_text(
+        render(study, report, args.model_file, stages(study), rerun))
     print(f"wrote {ROOT / 'MODEL_CARD.md'}")
 
 
