@@ -64,6 +64,16 @@ def _seeds(stages: list[dict]) -> str:
     return "seed " + ", ".join(str(s) for s in sorted(set(seeds)))
 
 
+def _resumed(chain: list[dict]) -> bool:
+    """Whether a stage's time is summed over sittings (stopped by callbacks.timer.duration and
+    resumed): the Timer's sum then exceeds the last sitting's fit time by more than a start-up."""
+    return any(train_seconds(s["train"]) > s["train"]["fit_seconds"] + 60 for s in chain)
+
+
+def _precisions(chain: list[dict]) -> str:
+    return ", ".join(sorted({s.get("precision", "32-true") for s in chain}))
+
+
 def _where(stages: list[dict]) -> str:
     """Where the commands ran, how to run them on the other device, and whether the time is
     summed over sittings (a run stopped by callbacks.timer.duration and resumed)."""
@@ -71,7 +81,7 @@ def _where(stages: list[dict]) -> str:
         text = "The commands run unchanged on a CPU (without `trainer=gpu`)"
     else:
         text = "The same commands run on a GPU with `trainer=gpu` added"
-    if any(train_seconds(s["train"]) > s["train"]["fit_seconds"] + 60 for s in stages):
+    if _resumed(stages):
         text += ("; the time is the Timer's training time summed over the sittings of runs "
                  "stopped and resumed with `resume=<run dir>` (start-up adds about a minute a "
                  "sitting)")
@@ -85,12 +95,9 @@ def _rerun(rerun: dict | None) -> str:
         return ""
     chain = stages(rerun)
     minutes = sum(train_seconds(s["train"]) for s in chain) / 60
-    sittings = (", summed over sittings resumed with `resume=<run dir>`"
-                if any(train_seconds(s["train"]) > s["train"]["fit_seconds"] + 60 for s in chain)
-                else "")
+    sittings = ", summed over sittings resumed with `resume=<run dir>`" if _resumed(chain) else ""
     ev = rerun["eval"]
-    return (f"\n- The same commands on {rerun['hardware']}, "
-            f"{', '.join(sorted({s.get('precision', '32-true') for s in chain}))}: "
+    return (f"\n- The same commands on {rerun['hardware']}, {_precisions(chain)}: "
             f"{minutes:.0f} min of training for {sum(s['train']['epochs'] for s in chain)} "
             f"epochs{sittings}; that model scores {ev['test']['acc']:.4f} on PrivateTest with "
             f"{ev['tta']} TTA (study [`{rerun['name']}`](experiments/{rerun['name']}/) and the "
@@ -115,7 +122,6 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
     minutes = sum(train_seconds(s["train"]) for s in stages) / 60
     epochs = sum(s["train"]["epochs"] for s in stages)
     hardware = "; ".join(f"{s['train']['epochs']} epochs on {s['hardware']}" for s in stages)
-    precision = ", ".join(sorted({s.get("precision", "32-true") for s in stages}))
     commands = "; then ".join(f"`{s['command']}` ({s['train']['epochs']} epochs, "
                               f"{train_seconds(s['train']) / 60:.0f} min)" for s in stages)
     verdict = (f"It meets ferlab's target (>= {TARGET} on PrivateTest)" if test["acc"] >= TARGET
@@ -138,7 +144,7 @@ The model that `EmotionRecognizer()` loads (offline, from inside the package, {m
   Seven classes: {", ".join(report["model"]["classes"])}.
 - Network: ferlab `VGG` ({t["params"]:,} parameters), {_seeds(stages)}: {commands}. An `init_from`
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
-- Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {precision},
+- Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {_precisions(stages)},
   channels_last). {_where(stages)};
   `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun)}
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
