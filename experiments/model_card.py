@@ -66,8 +66,8 @@ def _seeds(stages: list[dict]) -> str:
 
 def _resumed(chain: list[dict]) -> bool:
     """Whether a stage's time is summed over sittings (stopped by callbacks.timer.duration and
-    resumed): the Timer's sum then exceeds the last sitting's fit time by more than a start-up."""
-    return any(train_seconds(s["train"]) > s["train"]["fit_seconds"] + 60 for s in chain)
+    resumed): train_seconds is then the Timer's sum, not the last sitting's fit time."""
+    return any(train_seconds(s["train"]) != s["train"]["fit_seconds"] for s in chain)
 
 
 def _precisions(chain: list[dict]) -> str:
@@ -213,12 +213,12 @@ def main() -> None:
     if rerun is not None and "eval" not in rerun:
         raise SystemExit(f"--rerun {args.rerun}: the study has no evaluation; record it with "
                          "record.py add ... --eval <python -m ferlab.evaluate output folder>")
-    if rerun is not None and _recipes(stages(rerun)) != _recipes(stages(study)):
+    chain = stages(study)
+    if rerun is not None and _recipes(stages(rerun)) != _recipes(chain):
         raise SystemExit(f"--rerun {args.rerun}: its stages ran {_recipes(stages(rerun))}, "
-                         f"not the shipped model's {_recipes(stages(study))}")
+                         f"not the shipped model's {_recipes(chain)}")
     report = json.loads((args.report / "metrics.json").read_text())
-    (ROOT / "MODEL_CARD.md").write_text(
-        render(study, report, args.model_file, stages(study), rerun))
+    (ROOT / "MODEL_CARD.md").write_text(render(study, report, args.model_file, chain, rerun))
     print(f"wrote {ROOT / 'MODEL_CARD.md'}")
 
 
