@@ -214,6 +214,24 @@ def test_init_from_and_resume_together_are_refused(make_cfg, tmp_path):
                                                       f"init_from={tmp_path}"]))
 
 
+def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_with_the_fix(make_cfg, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr("ferlab.train.slow_bf16_reason", lambda: "no bf16 kernels here")
+    cfg = _short_cfg(make_cfg, tmp_path / "run", ["trainer.precision=bf16-mixed"])
+    with pytest.raises(ValueError, match="no bf16 kernels here.*trainer.precision=32-true"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+    # asked for explicitly, or on a CPU with the kernels, it trains
+    allowed = _short_cfg(make_cfg, tmp_path / "allowed", ["trainer.precision=bf16-mixed",
+                                                          "trainer.max_epochs=1",
+                                                          "allow_slow_bf16=true", "test=false"])
+    assert train(allowed)["epochs"] == 1
+    monkeypatch.setattr("ferlab.train.slow_bf16_reason", lambda: None)
+    native = _short_cfg(make_cfg, tmp_path / "native", ["trainer.precision=bf16-mixed",
+                                                        "trainer.max_epochs=1", "test=false"])
+    assert train(native)["epochs"] == 1
+
+
 def test_init_from_a_file_that_is_not_a_model(make_cfg, tmp_path):
     (tmp_path / "notes.ckpt").write_text("hello")
     with pytest.raises(ValueError, match="not a readable PyTorch file"):

@@ -11,6 +11,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,7 @@ from ferlab.checkpoint import (
 from ferlab.config import CONFIG_DIR, register_resolvers
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 from ferlab.inference.model_file import load_network
+from ferlab.precision import slow_bf16_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     timer = find_timer(callbacks)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    _check_precision(trainer, cfg)
 
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
     for experiment in (getattr(lg, "experiment", None) for lg in trainer.loggers):
@@ -91,6 +94,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _log_hparams(trainer, cfg, metrics)
     write_json(output_dir / "metrics.json", metrics)
     return metrics
+
+
+def _check_precision(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Refuse bf16 on a CPU that would run it in slow fallback code (a 30-minute recipe would take
+    hours), unless allow_slow_bf16=true asks for it."""
+    if (not isinstance(trainer.accelerator, CPUAccelerator)
+            or not str(trainer.precision).startswith("bf16") or cfg.get("allow_slow_bf16")):
+        return
+    reason = slow_bf16_reason()
+    if reason is not None:
+        raise ValueError(
+            f"trainer.precision={trainer.precision} on the CPU: {reason}. Use "
+            "trainer.precision=32-true (the recipes' accuracy does not depend on it: "
+            "experiments/README.md, session 12), or allow_slow_bf16=true to run bf16 anyway.")
 
 
 def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:

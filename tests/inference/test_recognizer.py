@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import socket
 
 import numpy as np
@@ -44,6 +45,21 @@ def test_crops_of_any_size_and_colour(model_file):
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-5)
     np.testing.assert_allclose(probs[0], probs[2], atol=1e-5)
     np.testing.assert_allclose(probs[0], probs[3], atol=1e-6)
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_warns(model_file, monkeypatch, caplog):
+    monkeypatch.setattr("ferlab.inference.recognizer.slow_bf16_reason",
+                        lambda: "no bf16 kernels here")
+    with caplog.at_level(logging.WARNING, logger="ferlab.inference.recognizer"):
+        EmotionRecognizer(model_file)
+        assert not caplog.records  # fp32 is never warned about
+        EmotionRecognizer(model_file, precision="bf16")
+    assert "no bf16 kernels here" in caplog.text and "precision='fp32'" in caplog.text
+    monkeypatch.setattr("ferlab.inference.recognizer.slow_bf16_reason", lambda: None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferlab.inference.recognizer"):
+        EmotionRecognizer(model_file, precision="bf16")
+    assert not caplog.records
 
 
 def test_bf16_precision_is_close_to_fp32(model_file):

@@ -18,6 +18,7 @@ from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_
 from ferlab.inference.images import as_bgr, read_image, to_grey
 from ferlab.inference.model_file import load_model
 from ferlab.module import predict_probabilities
+from ferlab.precision import slow_bf16_reason
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class EmotionRecognizer:
     (``.ckpt``) or a run directory. ``tta``: "flip" averages each face with its mirror image;
     None uses the model file's own setting ("none" for checkpoints). ``precision``: "bf16"
     runs the network under bfloat16 autocast, about twice as fast on CPUs with native bf16
-    (AVX512-BF16, AMX) and on GPUs, slower on other CPUs; "fp32" (the default) gives the same
-    numbers everywhere.
+    (AVX512-BF16, AMX) and on GPUs, slower on other CPUs (a warning says so on a CPU with no
+    oneDNN bf16 kernels at all, where it is an order of magnitude slower); "fp32" (the default)
+    gives the same numbers everywhere.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu",
@@ -61,6 +63,8 @@ class EmotionRecognizer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if precision == "bf16" and self.device.type == "cpu" and (reason := slow_bf16_reason()):
+            log.warning("precision='bf16': %s; precision='fp32' is faster here.", reason)
         # channels_last: measured ~1.7x faster convolutions on CPU (oneDNN), also right on GPU
         self.network = network.to(self.device).eval().to(memory_format=torch.channels_last)
         self.detector = detector

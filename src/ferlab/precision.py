@@ -1,0 +1,27 @@
+"""Whether bfloat16 autocast is fast on this CPU: bf16 helps only where oneDNN has bf16 kernels."""
+
+from __future__ import annotations
+
+import torch
+
+# measured in experiments/README.md (session 13): vgg8_gap_slim's training step on an AVX2-only
+# AMD EPYC (Zen 3) ran at 142 img/s in float32 and 9 img/s under bf16 autocast
+SLOW_BF16 = ("this CPU ({capability}) has no bfloat16 kernels in oneDNN (they need AVX-512 or "
+             "AMX), so bf16 autocast runs in slow fallback code: measured 16x slower than float32 "
+             "on an AVX2-only AMD EPYC")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 with or without AVX512-BF16,
+    or AMX). Where it does not, bf16 autocast is an order of magnitude slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN's query
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def slow_bf16_reason() -> str | None:
+    """Why bf16 autocast would be slow on this CPU, or None where it is not."""
+    if cpu_has_fast_bf16():
+        return None
+    return SLOW_BF16.format(capability=torch.backends.cpu.get_cpu_capability())
