@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 from ferlab.config import CONFIG_DIR, register_resolvers
 from ferlab.data import load_faces, preprocess
 from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
+from ferlab.precision import slow_bf16_reason
 
 
 def compose_cfg(model: str, precision: str, batch_size: int, extra: tuple[str, ...] = ()):
@@ -254,7 +255,13 @@ def main() -> None:
                         help="only the whole step with mixup, cutmix or EMA (their cost)")
     parser.add_argument("--sizes", nargs="+", type=int,
                         help="only the network step at these face sizes (progressive resizing)")
+    parser.add_argument("--slow-bf16", action="store_true",
+                        help="measure bf16 even on a CPU without oneDNN bf16 kernels")
     args = parser.parse_args()
+    reason = slow_bf16_reason()
+    if reason and not args.slow_bf16 and any(p.startswith("bf16") for p in args.precisions):
+        print(f"bf16 skipped: {reason} (--slow-bf16 measures it anyway)")
+        args.precisions = [p for p in args.precisions if not p.startswith("bf16")]
     if args.sizes:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         for model_name in args.models:
