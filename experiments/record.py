@@ -29,12 +29,20 @@ HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- studies:begin -->", "<!-- studies:end -->"
 
 
-def hardware() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{os.cpu_count()} CPU cores ({model})"
+def hardware(cpuinfo: str | None = None) -> str:
+    """"2 CPU cores (AMD EPYC, AVX2)": the processor and its widest vector unit, which decides
+    whether bf16 is fast (AVX512-BF16, AMX), slower than fp32 (AVX-512) or 16x slower (AVX2)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    model = fields.get("model name") or platform.processor()
+    flags = set(fields.get("flags", "").split())
+    vector = next((name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"),
+                                            ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                   if flag in flags), None)
+    return f"{os.cpu_count()} CPU cores ({model}{', ' + vector if vector else ''})"
 
 
 # overrides that only say where a run reads or writes, how it reports progress or whether it

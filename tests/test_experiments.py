@@ -211,3 +211,14 @@ def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch):
     rerun = re.search(r"study \[`(\w+)`\]", text)  # the same commands on other hardware
     rerun = card._study(rerun.group(1)) if rerun else None
     assert card.render(study, report, model_file, card.stages(study), rerun) == text
+
+
+@pytest.mark.parametrize(("flags", "vector"), [
+    ("fpu sse2 avx avx2 fma", ", AVX2"), ("avx2 avx512f avx512bw", ", AVX-512"),
+    ("avx2 avx512f avx512_bf16", ", AVX512-BF16"), ("avx512f avx512_bf16 amx_tile", ", AMX"),
+    ("fpu sse2", ""),
+])
+def test_hardware_names_the_vector_unit_that_decides_bf16_speed(flags, vector):
+    cpuinfo = (f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\n"
+               f"processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    assert _record_module().hardware(cpuinfo).endswith(f"CPU cores (AMD EPYC{vector})")
