@@ -1,4 +1,4 @@
-"""Whether bfloat16 autocast is fast on this CPU: bf16 helps only where oneDNN has bf16 kernels."""
+"""Whether bfloat16 autocast can run at speed on this CPU: only where oneDNN has bf16 kernels."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ SLOW_BF16 = ("this CPU ({capability}) has no bfloat16 kernels in oneDNN (they ne
              "on an AVX2-only AMD EPYC")
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 with or without AVX512-BF16,
-    or AMX). Where it does not, bf16 autocast is an order of magnitude slower than float32."""
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU: it needs AVX-512 (with AVX512-BF16 or
+    AMX they are faster than float32; without, somewhat slower). Where it has none, bf16
+    autocast is an order of magnitude slower than float32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN's query
@@ -22,6 +23,6 @@ def cpu_has_fast_bf16() -> bool:
 
 def slow_bf16_reason() -> str | None:
     """Why bf16 autocast would be slow on this CPU, or None where it is not."""
-    if cpu_has_fast_bf16():
+    if cpu_has_bf16_kernels():
         return None
     return SLOW_BF16.format(capability=torch.backends.cpu.get_cpu_capability())
