@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 from lightning import Callback
 from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ferlab.checkpoint import load_checkpoint
+from ferlab.config import with_run_overrides
 from ferlab.data import EMOTIONS
 from ferlab.evaluate import evaluate
 from ferlab.train import train
@@ -337,6 +339,45 @@ def test_cli_resume_keeps_original_record(tmp_path, csv_root):
     assert (run / ".hydra/overrides.yaml").read_text() == original
     assert list(run.glob(".hydra-resumed-*/overrides.yaml"))
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+
+def test_cli_resume_alone_continues_with_the_runs_own_overrides(tmp_path, csv_root):
+    """resume=<run dir> is the one override a continuation needs: the run's recipe comes back
+    from its records, and what this command gives wins."""
+    run = tmp_path / "runs/job"
+    args = ["model=baseline", "callbacks.progress_bar=null", "data.batch_size=8", "test=false",
+            "module/scheduler=none", "trainer.max_epochs=1"]
+    assert _cli([*args, f"hydra.run.dir={run}"], tmp_path, data=csv_root).returncode == 0
+    result = _cli([f"resume={run}", "trainer.max_epochs=2"], tmp_path, data=csv_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    resumed = next(run.glob(".hydra-resumed-*/config.yaml"))
+    assert OmegaConf.load(resumed).model == OmegaConf.load(run / ".hydra/config.yaml").model
+    log = (run / "train.log").read_text()
+    changed = log.split("differs from the checkpoint's", 1)[1].split("\n[")[0]
+    assert "trainer.max_epochs: 1 -> 2" in changed
+    assert "model." not in changed and "batch_size" not in changed
+
+
+def test_resume_brings_back_the_latest_record_of_each_override(tmp_path):
+    run = tmp_path / "run"
+    first, later = run / ".hydra", run / ".hydra-resumed-2026-01-02_00-00-00"
+    for folder, overrides in ((first, ["experiment=budget30_slim", "seed=7", "init_from=a.pt",
+                                       "callbacks.timer.duration='00:01:00:00'"]),
+                              (later, [f"resume={run}", "callbacks.timer.duration='00:02:00:00'",
+                                       "+extra=1"])):
+        folder.mkdir(parents=True)
+        (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    restored = ["experiment=budget30_slim", "callbacks.timer.duration='00:02:00:00'", "+extra=1"]
+    assert with_run_overrides([f"resume={run}", "seed=8"]) == [*restored, f"resume={run}",
+                                                                "seed=8"]
+    ckpt = run / "checkpoints/last.ckpt"
+    assert with_run_overrides(["seed=8", f"resume={ckpt}"]) == ["seed=8", *restored,
+                                                                 f"resume={ckpt}"]
+    for unchanged in (["seed=8"], ["-m", f"resume={run}"], [f"resume={tmp_path / 'elsewhere'}"],
+                      ["resume=null"]):
+        assert with_run_overrides(unchanged) == unchanged
 
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf/experiment").glob("*.yaml"))

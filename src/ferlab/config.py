@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 # conf/ sits at the repository root, beside src/ (the project installs in editable mode).
@@ -25,6 +26,36 @@ def config_subdir(resume: str | None) -> str:
     if resume is None:
         return ".hydra"
     return f".hydra-resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+a.b=1``, ``~a.b`` and ``a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def with_run_overrides(args: list[str]) -> list[str]:
+    """Command-line arguments for ``resume=<run dir>``: the run's own overrides come back from its
+    Hydra records (the first sitting's ``.hydra`` and every later ``.hydra-resumed-*``, the later
+    winning), and the ones given now win over them, so that ``resume=`` alone continues a run with
+    its recipe. ``init_from`` is not brought back (a resumed run has its weights already). Other
+    arguments, sweeps (``-m``) and a checkpoint outside a run directory are left as they are."""
+    if "-m" in args or "--multirun" in args:
+        return args
+    at = next((i for i, a in enumerate(args) if override_key(a) == "resume" and "=" in a), None)
+    resume = args[at].split("=", 1)[1].strip("'\"") if at is not None else ""
+    if not resume or resume == "null":
+        return args
+    run = Path(run_dir(resume, ""))
+    saved: dict[str, str] = {}
+    for record in [run / ".hydra", *sorted(run.glob(".hydra-resumed-*"))]:
+        path = record / "overrides.yaml"
+        if path.is_file():
+            for override in yaml.safe_load(path.read_text()) or []:
+                saved[override_key(override)] = override
+    given = {override_key(a) for a in args if not a.startswith("-")}
+    restored = [o for key, o in saved.items()
+                if key not in given and key not in ("resume", "init_from")]
+    return [*args[:at], *restored, *args[at:]]
 
 
 def register_resolvers() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
@@ -24,7 +25,7 @@ from ferlab.checkpoint import (
     read_torch_file,
     write_json,
 )
-from ferlab.config import CONFIG_DIR, register_resolvers
+from ferlab.config import CONFIG_DIR, register_resolvers, with_run_overrides
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 from ferlab.inference.model_file import load_network
 from ferlab.precision import slow_bf16_reason
@@ -201,6 +202,9 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
 
 
 def _run(cfg: DictConfig) -> float | None:
+    if cfg.get("resume") and HydraConfig.initialized():
+        log.info("Resuming %s with the overrides %s (the run's own, then this command's)",
+                 cfg.resume, " ".join(HydraConfig.get().overrides.task))
     try:
         metrics = train(cfg)
     except (DataNotFoundError, DataFormatError) as err:
@@ -211,6 +215,7 @@ def _run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_resolvers()
+    sys.argv[1:] = with_run_overrides(sys.argv[1:])  # resume=<run dir> brings its recipe back
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
 
 
