@@ -167,6 +167,41 @@ def test_resume_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
     assert "trainer.max_epochs: 1 -> 2" in caplog.text
 
 
+def test_val_in_training_turns_validation_off_and_tests_the_last_epoch(make_cfg, tmp_path,
+                                                                         caplog):
+    out = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="ferlab.train")
+    metrics = train(_short_cfg(make_cfg, out, ["data.train_splits=[train,val]"]))
+    assert "Validation is off" in caplog.text
+    assert not any(k.startswith("val/") for k in metrics) and "test/acc" in metrics
+    assert metrics["test/ckpt"] == str(out / "checkpoints/last.ckpt")
+    assert [p.name for p in (out / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
+    # an explicit limit validates anyway
+    metrics = train(_short_cfg(make_cfg, tmp_path / "validated",
+                               ["data.train_splits=[train,val]", "trainer.limit_val_batches=1.0"]))
+    assert "val/acc" in metrics
+    assert Path(metrics["test/ckpt"]).name.startswith("epoch")
+
+
+def test_a_resumed_run_without_validation_tests_its_last_epoch_not_an_old_best(make_cfg,
+                                                                                tmp_path):
+    out = tmp_path / "run"
+    trainval = ["data.train_splits=[train,val]", "module/scheduler=none", "test=false"]
+    train(_short_cfg(make_cfg, out, [*trainval, "trainer.limit_val_batches=1.0",
+                                     "trainer.max_epochs=1"]))
+    old_best = next((out / "checkpoints").glob("epoch*.ckpt"))
+    metrics = train(_short_cfg(make_cfg, out, [*trainval, "trainer.max_epochs=2", "test=true",
+                                               f"resume={out}"]))
+    assert metrics["epochs"] == 2 and old_best.is_file()  # kept, never deleted
+    assert metrics["test/ckpt"] == str(out / "checkpoints/last.ckpt")
+
+
+def test_early_stopping_with_val_in_training_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ValueError, match="Early stopping watches val/loss.*train_splits"):
+        train(_short_cfg(make_cfg, tmp_path / "run", ["data.train_splits=[train,val]",
+                                                      "callbacks=early_stopping"]))
+
+
 def test_resume_from_missing_checkpoint_is_explained(make_cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
         train(_short_cfg(make_cfg, tmp_path / "run", [f"resume={tmp_path}"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -13,7 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf
 
 from ferlab.callbacks import find_timer
@@ -53,7 +54,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks.append(ConfigInCheckpoint(cfg))
     timer = find_timer(callbacks)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+                          **_validation_setting(cfg, callbacks))
     _check_precision(trainer, cfg)
 
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
@@ -80,8 +82,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                  "the end of the run (resume=%s to go on).", trainer.current_epoch,
                  trainer.max_epochs, output_dir)
     if cfg.get("test") and not trainer.fast_dev_run and not trainer.interrupted and not paused:
-        best = next((c.best_model_path for c in callbacks
-                     if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+        # the best checkpoint on val/acc; without validation, the last epoch's (last.ckpt)
+        validated = bool(trainer.limit_val_batches)
+        best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)
+                     and c.best_model_path and (c.monitor is not None) == validated), None)
         for result in trainer.test(module, datamodule=datamodule, ckpt_path=best):
             metrics.update({k: float(v) for k, v in result.items()})
         metrics["test/ckpt"] = best or "last weights"
@@ -95,6 +99,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _log_hparams(trainer, cfg, metrics)
     write_json(output_dir / "metrics.json", metrics)
     return metrics
+
+
+def _validation_setting(cfg: DictConfig, callbacks: list) -> dict:
+    """Validation is off when val (PublicTest) is one of the training splits: its figures would
+    measure faces the network trains on, a best-on-val checkpoint would be chosen on them, and at
+    small training sizes it is a fifth of an epoch's time. The last epoch is then the model.
+    An explicit trainer.limit_val_batches validates anyway."""
+    if "val" not in cfg.data.get("train_splits", ()) or cfg.trainer.get("limit_val_batches") \
+            is not None:
+        return {}
+    stopping = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+    if stopping is not None:
+        raise ValueError(
+            f"Early stopping watches {stopping.monitor}, but val (PublicTest) is in "
+            "data.train_splits, so validation is off (its figures would measure training "
+            "faces). Drop callbacks=early_stopping, or train on data.train_splits=[train].")
+    log.info("Validation is off: val (PublicTest) is in data.train_splits, so its figures would "
+             "measure training faces; the last epoch is the model and the test uses last.ckpt "
+             "(trainer.limit_val_batches=1.0 validates anyway).")
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
+    return {"limit_val_batches": 0}
 
 
 def _check_precision(trainer: L.Trainer, cfg: DictConfig) -> None:
