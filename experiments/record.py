@@ -47,7 +47,8 @@ def hardware(cpuinfo: str | None = None) -> str:
 
 # overrides that only say where a run reads or writes, how it reports progress or whether it
 # tests on PrivateTest when it ends: they do not change the model, so the command leaves them out
-NOT_THE_RECIPE = ("hydra.", "callbacks.progress_bar", "+trainer.enable_progress_bar", "paths.",
+NOT_THE_RECIPE = ("hydra.", "callbacks.progress_bar", "+trainer.enable_progress_bar",
+                  "trainer.enable_progress_bar", "paths.",
                   "data.root=", "name=", "test=")
 
 

@@ -158,6 +158,30 @@ def test_timer_duration_stops_at_an_epoch_end_and_resume_goes_on(make_cfg, tmp_p
     assert metrics["fit_seconds_total"] == pytest.approx(in_last["time_elapsed"]["train"], abs=0.2)
 
 
+class RecordProgressBar(Callback):
+    seen: list[str] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.seen.append(type(trainer.progress_bar_callback).__name__)
+
+
+@pytest.mark.parametrize(("setting", "terminal", "expected"), [
+    ("null", False, "NoneType"), ("null", True, "TQDMProgressBar"),
+    ("true", False, "TQDMProgressBar"), ("false", True, "NoneType")])
+def test_progress_bar_only_where_someone_watches(make_cfg, tmp_path, monkeypatch, setting,
+                                                  terminal, expected):
+    """A run in the background (stdout a file) gets no bar, else the configured one."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    monkeypatch.setattr(RecordProgressBar, "seen", [])
+    cfg = _short_cfg(make_cfg, tmp_path / "run", ["trainer.max_epochs=1", "test=false",
+                                                  f"trainer.enable_progress_bar={setting}"])
+    with open_dict(cfg):
+        cfg.callbacks.progress_bar = {"_target_": "lightning.pytorch.callbacks.TQDMProgressBar"}
+        cfg.callbacks.probe = {"_target_": f"{__name__}.RecordProgressBar"}
+    train(cfg)
+    assert RecordProgressBar.seen == [expected]
+
+
 def test_resume_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
     out = tmp_path / "run"
     train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false",
