@@ -19,7 +19,7 @@ from lightning import Callback
 from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ferlab.checkpoint import load_checkpoint
+from ferlab.checkpoint import RANDOM_STATE_KEY, load_checkpoint
 from ferlab.config import with_run_overrides
 from ferlab.data import EMOTIONS
 from ferlab.evaluate import evaluate
@@ -102,7 +102,8 @@ class CrashAfterFirstEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path, caplog):
+@pytest.mark.parametrize("random_state", [True, False], ids=["random-state", "older-checkpoint"])
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path, caplog, random_state):
     out = tmp_path / "run"
     cfg = _short_cfg(make_cfg, out, ["test=false"])
     with open_dict(cfg):
@@ -111,13 +112,15 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path, caplog):
         train(cfg)
     first = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     assert first["epoch"] == 0
+    if not random_state:  # as written before checkpoints held the random state
+        del first[RANDOM_STATE_KEY]
     # the first sitting's training time is in the checkpoint; make it long, to see it carried
     timer_state = next(v for k, v in first["callbacks"].items() if k.startswith("Timer"))
     assert timer_state["time_elapsed"]["train"] > 0
     timer_state["time_elapsed"]["train"] = 1000.0
     torch.save(first, out / "checkpoints/last.ckpt")
 
-    caplog.set_level(logging.INFO, logger="ferlab.callbacks")
+    caplog.set_level(logging.INFO, logger="ferlab")
     metrics = train(_short_cfg(make_cfg, out, ["test=false", f"resume={out}"]))
     last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and metrics["epochs"] == 3
@@ -127,6 +130,12 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path, caplog):
     # the one-cycle schedule carried on where it stopped and ran to its end
     uninterrupted = train(_short_cfg(make_cfg, tmp_path / "straight", ["test=false"]))
     assert metrics["train/lr"] == pytest.approx(uninterrupted["train/lr"])
+    # with the random state restored, the resumed run drew the shuffling and augmentation of the
+    # run without the cut, and trained the same weights; without it, it drew them afresh
+    straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
+    same = all(torch.equal(last["state_dict"][k], v) for k, v in straight["state_dict"].items())
+    assert same is random_state
+    assert ("holds no random state" in caplog.text) is not random_state
 
 
 class SlowEpochs(Callback):

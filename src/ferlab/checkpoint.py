@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from ferlab.module import EmotionModule
 
 CONFIG_KEY = "ferlab_config"
+RANDOM_STATE_KEY = "ferlab_random_state"
+
+log = logging.getLogger(__name__)
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -27,6 +34,65 @@ class ConfigInCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
+
+
+class RandomStateInCheckpoint(L.Callback):
+    """Stores the global random state (torch, CUDA, numpy, Python) in every checkpoint and
+    restores it on resume, so a resumed run draws the shuffling and augmentation that the run
+    would have drawn without the cut. Without it every sitting starts again from ``seed``, and
+    its first epoch repeats the first epoch of the sitting before (same order, same
+    augmentations). Stored as tensors and lists, which ``torch.load(weights_only=True)`` reads.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RANDOM_STATE_KEY] = _random_state()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # testing a checkpoint: nothing to go on with
+            return
+        state = checkpoint.get(RANDOM_STATE_KEY)
+        if state is None:
+            log.warning("The checkpoint holds no random state (written before ferlab stored it): "
+                        "the resumed run draws its shuffling and augmentation afresh from seed, "
+                        "not as an uninterrupted run would.")
+            return
+        self._pending = state
+        _set_random_state(state)
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        # the sanity check's validation loader drew from the restored state: restore it again
+        if self._pending is not None:
+            _set_random_state(self._pending)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._pending = None
+
+
+def _random_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": [version, list(mt), gauss]}
+
+
+def _set_random_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    elif cuda or torch.cuda.is_available():
+        log.warning("The checkpoint's CUDA random state (%d devices) does not fit this machine "
+                    "(%d): the resumed run draws on the GPU afresh.", len(cuda),
+                    torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ from ferlab.callbacks import find_timer
 from ferlab.checkpoint import (
     CONFIG_KEY,
     ConfigInCheckpoint,
+    RandomStateInCheckpoint,
     find_checkpoint,
     load_network_weights,
     read_torch_file,
@@ -53,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     progress_bar = _wants_progress_bar(cfg)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks = [c for c in callbacks if progress_bar or not isinstance(c, ProgressBar)]
-    callbacks.append(ConfigInCheckpoint(cfg))
+    callbacks += [ConfigInCheckpoint(cfg), RandomStateInCheckpoint()]
     timer = find_timer(callbacks)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
