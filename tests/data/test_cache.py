@@ -45,6 +45,14 @@ def test_changed_source_is_noticed(tmp_path, monkeypatch):
     after = load_faces(path, tmp_path / "cache")
     assert len(calls) == 2
     assert len(after) == len(before) - 1
+    # the cache of the earlier content is gone; another source's cache is kept
+    other = write_fer2013_csv(tmp_path / "other" / "fer2013.csv", faces, labels, usages)
+    load_faces(other, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    write_fer2013_csv(path, faces, labels, usages)
+    load_faces(path, tmp_path / "cache")
+    assert len(calls) == 4 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert len(load_faces(other, tmp_path / "cache")) == len(before) and len(calls) == 4
 
 
 def test_cache_is_written_outside_a_read_only_root(tmp_path):

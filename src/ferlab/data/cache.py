@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -28,8 +29,9 @@ def load_faces(root: str | os.PathLike, cache_dir: str | os.PathLike | None = No
     """All faces under ``root``, from the cache when the source is unchanged, else decoded."""
     source = locate(root)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = f"v{CACHE_VERSION}-{source.fingerprint()[:20]}"
-    cache_file = cache_dir / f"fer2013-{source.kind}-{key}.npz"
+    # one cache per source path; its content key changes when a file's size or mtime does
+    prefix = f"fer2013-{source.kind}-{_path_key(source.path)}-"
+    cache_file = cache_dir / f"{prefix}v{CACHE_VERSION}-{source.fingerprint()[:20]}.npz"
     if cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as arrays:
@@ -40,12 +42,30 @@ def load_faces(root: str | os.PathLike, cache_dir: str | os.PathLike | None = No
     log.info("Decoding FER2013 from %s (%s); cached afterwards in %s", source.path, source.kind,
              cache_dir)
     table = source.read()
-    _write_atomically(cache_file, table)
+    if _write_atomically(cache_file, table):
+        _remove_stale(cache_file, prefix)
     return table
 
 
-def _write_atomically(cache_file: Path, table: FaceTable) -> None:
-    """Write to a temporary file and rename, so a killed run never leaves a half-written cache."""
+def _path_key(path: Path) -> str:
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+
+
+def _remove_stale(cache_file: Path, prefix: str) -> None:
+    """Delete the caches of earlier states of the same source (each a copy of the dataset,
+    88 MB for FER2013), so that touching or copying the data does not fill the disk."""
+    for stale in cache_file.parent.glob(f"{prefix}*.npz"):
+        if stale != cache_file:
+            try:
+                stale.unlink()
+                log.info("Removed the stale FER2013 cache %s", stale)
+            except OSError as err:
+                log.warning("Could not remove the stale FER2013 cache %s (%s)", stale, err)
+
+
+def _write_atomically(cache_file: Path, table: FaceTable) -> bool:
+    """Write to a temporary file and rename, so a killed run never leaves a half-written cache;
+    whether the cache was written."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
@@ -61,3 +81,5 @@ def _write_atomically(cache_file: Path, table: FaceTable) -> None:
         # The data is decoded and usable; only the next run pays the decoding again.
         log.warning("Could not write the FER2013 cache %s (%s); set FERLAB_CACHE or "
                     "data.cache_dir to a writable folder.", cache_file, err)
+        return False
+    return True
