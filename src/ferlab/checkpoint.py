@@ -42,10 +42,8 @@ class RandomStateInCheckpoint(L.Callback):
     would have drawn without the cut. Without it every sitting starts again from ``seed``, and
     its first epoch repeats the first epoch of the sitting before (same order, same
     augmentations). Stored as tensors and lists, which ``torch.load(weights_only=True)`` reads.
+    Lightning runs the sanity check inside ``isolate_rng``, so it does not move the state.
     """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[RANDOM_STATE_KEY] = _random_state()
@@ -59,16 +57,7 @@ class RandomStateInCheckpoint(L.Callback):
                         "the resumed run draws its shuffling and augmentation afresh from seed, "
                         "not as an uninterrupted run would.")
             return
-        self._pending = state
         _set_random_state(state)
-
-    def on_sanity_check_end(self, trainer, pl_module) -> None:
-        # the sanity check's validation loader drew from the restored state: restore it again
-        if self._pending is not None:
-            _set_random_state(self._pending)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._pending = None
 
 
 def _random_state() -> dict[str, Any]:
