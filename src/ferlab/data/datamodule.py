@@ -98,10 +98,14 @@ class FER2013DataModule(L.LightningDataModule):
             # drop the ragged last batch (batch norm dislikes a batch of one) unless it is all
             sampler = BatchSampler(RandomSampler(data), self.batch_size,
                                    drop_last=len(data) > self.batch_size)
+            generator = None  # the global stream, which seed= and resume= set
         else:
             sampler = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+            # each pass draws a seed from its loader's generator: a private one keeps evaluation
+            # off the global stream, so validating or not leaves training's draws unchanged
+            generator = torch.Generator().manual_seed(0)
         return DataLoader(data, sampler=sampler, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("fit", shuffle=True)
