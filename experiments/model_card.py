@@ -1,6 +1,8 @@
-"""Write MODEL_CARD.md from the shipped model's evaluation report (numbers from runs only).
+"""Write a shipped model's card (MODEL_CARD.md for the default) from its evaluation report
+(numbers from runs only).
 
     python experiments/model_card.py --study vgg9_e24 --report runs/eval/<time> [--rerun NAME]
+    python experiments/model_card.py --name cpu-trained --study NAME --report runs/eval/<time>
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import torch
 import yaml
 from record import stages, train_seconds  # experiments/record.py, beside this script
 
+from ferlab.inference.recognizer import SHIPPED_MODELS
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# each model shipped in src/ferlab/weights (ferlab.inference.recognizer.SHIPPED_MODELS) and its card
+CARDS = {"default": "MODEL_CARD.md", "cpu-trained": "MODEL_CARD_CPU.md"}
 
 
 def _confusions(metrics: dict, classes: list[str]) -> str:
@@ -115,9 +121,18 @@ def _storage(model_file: Path) -> str:
             else "float32 weights")
 
 
+def _loads(name: str) -> str:
+    """The call that loads the shipped model ``name``, and where it stands beside the default."""
+    if name == "default":
+        return "The model that `EmotionRecognizer()` loads"
+    return (f"The model that `EmotionRecognizer(\"{name}\")` loads, shipped beside the default "
+            "(`EmotionRecognizer()`, [MODEL_CARD.md](MODEL_CARD.md))")
+
+
 def render(study: dict, report: dict, model_file: Path, stages: list[dict],
-           rerun: dict | None = None) -> str:
+           rerun: dict | None = None, name: str = "default") -> str:
     test, val = report["datasets"]["test"], report["datasets"].get("val")
+    call = "" if name == "default" else f'"{name}"'
     t = study["train"]
     minutes = sum(train_seconds(s["train"]) for s in stages) / 60
     epochs = sum(s["train"]["epochs"] for s in stages)
@@ -135,7 +150,7 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
     six = test["six_class"]
     return f"""# Model card: `ferlab/weights/{model_file.name}`
 
-The model that `EmotionRecognizer()` loads (offline, from inside the package, {model_file.stat().st_size / 1e6:.1f} MB,
+{_loads(name)} (offline, from inside the package, {model_file.stat().st_size / 1e6:.1f} MB,
 {_storage(model_file)}, `torch.load(weights_only=True)`, no optimiser state).
 
 ## Data and recipe
@@ -170,7 +185,7 @@ The full report (confusion matrices, reliability diagram, rank of the truth when
 confident mistakes) is in `experiments/{study["name"]}/report/report.md`.
 
 <!-- guard: privatetest_acc={test["acc"]:.4f} -->
-CI recomputes the PrivateTest accuracy through `EmotionRecognizer()` and fails below
+CI recomputes the PrivateTest accuracy through `EmotionRecognizer({call})` and fails below
 {test["acc"]:.4f} - 0.005.
 
 ## Known weaknesses and intended use
@@ -202,10 +217,12 @@ def _study(name: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", choices=sorted(CARDS), default="default",
+                        help="which shipped model the card is for (its file and card name)")
     parser.add_argument("--study", required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--model-file", type=Path,
-                        default=ROOT / "src/ferlab/weights/ferlab_fer2013.pt")
+                        help="default: the shipped file of --name in src/ferlab/weights")
     parser.add_argument("--rerun", help="last stage of the same commands run on other hardware "
                         "(a study with an evaluation), e.g. cpu_chain3")
     args = parser.parse_args()
@@ -218,8 +235,10 @@ def main() -> None:
         raise SystemExit(f"--rerun {args.rerun}: its stages ran {_recipes(stages(rerun))}, "
                          f"not the shipped model's {_recipes(chain)}")
     report = json.loads((args.report / "metrics.json").read_text())
-    (ROOT / "MODEL_CARD.md").write_text(render(study, report, args.model_file, chain, rerun))
-    print(f"wrote {ROOT / 'MODEL_CARD.md'}")
+    model_file = args.model_file or ROOT / "src/ferlab/weights" / SHIPPED_MODELS[args.name]
+    card = ROOT / CARDS[args.name]
+    card.write_text(render(study, report, model_file, chain, rerun, args.name))
+    print(f"wrote {card}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ferlab.inference.recognizer import SHIPPED_MODELS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -193,15 +195,20 @@ def test_a_sittings_time_budget_is_the_recipe_only_of_a_run_it_cut_short(
     assert study["seed"] == 43
 
 
-def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch):
-    """MODEL_CARD.md is generated: rendering it again from the study and report it names (and
-    the shipped weights) gives the committed text, so no figure in it was typed by hand."""
+@pytest.mark.parametrize("name", ["default", "cpu-trained"])
+def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch, name):
+    """Each shipped model's card is generated: rendering it again from the study and report it
+    names (and the shipped weights) gives the committed text, so no figure in it was typed by
+    hand."""
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     spec = importlib.util.spec_from_file_location("model_card",
                                                   ROOT / "experiments/model_card.py")
     card = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(card)
-    text = (ROOT / "MODEL_CARD.md").read_text()
+    assert set(card.CARDS) == set(SHIPPED_MODELS)
+    if not (ROOT / card.CARDS[name]).is_file():
+        pytest.skip(f"no card {card.CARDS[name]}: {name!r} is not shipped in this checkout")
+    text = (ROOT / card.CARDS[name]).read_text()
     name = re.search(r"`experiments/(\w+)/report/report\.md`", text).group(1)
     model_file = ROOT / "src/ferlab/weights" / re.search(r"`ferlab/weights/([\w.]+)`",
                                                          text).group(1)
@@ -210,7 +217,8 @@ def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch):
     report = json.loads((ROOT / "experiments" / name / "report/metrics.json").read_text())
     rerun = re.search(r"study \[`(\w+)`\]", text)  # the same commands on other hardware
     rerun = card._study(rerun.group(1)) if rerun else None
-    assert card.render(study, report, model_file, card.stages(study), rerun) == text
+    assert model_file.name == SHIPPED_MODELS[name]
+    assert card.render(study, report, model_file, card.stages(study), rerun, name) == text
 
 
 @pytest.mark.parametrize(("flags", "vector"), [

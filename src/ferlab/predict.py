@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files, folders (recursive) or glob patterns")
-    p.add_argument("--model", help="model file, checkpoint or run directory (default: the "
-                                   "model shipped with ferlab)")
+    p.add_argument("--model", help="model file, checkpoint or run directory, or a shipped "
+                                   "model: default (the default) or cpu-trained")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
     p.add_argument("--min-face", type=int, default=48, help="smallest face side in pixels")
     p.add_argument("--scale-factor", type=float, default=1.07, help="Haar pyramid step")

@@ -11,7 +11,7 @@ from PIL import Image
 from ferlab import EmotionRecognizer
 from ferlab.data import EMOTIONS, class_names
 from ferlab.inference.model_file import load_model, save_model
-from ferlab.inference.recognizer import shipped_model_path
+from ferlab.inference.recognizer import SHIPPED_MODELS, shipped_model_path
 from ferlab.models import VGG
 from tests.conftest import TINY
 
@@ -226,14 +226,25 @@ def test_recognizer_agrees_with_the_training_path(make_cfg, tmp_path, csv_root):
     np.testing.assert_allclose(recognizer.predict_faces(faces), probs.numpy(), atol=1e-5)
 
 
-@pytest.mark.skipif(not shipped_model_path().is_file(), reason="no shipped model in this checkout")
-def test_shipped_model_loads_without_network(monkeypatch):
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_model_loads_without_network(monkeypatch, name):
+    if not shipped_model_path(name).is_file():
+        pytest.skip(f"no shipped model {name!r} in this checkout")
+
     def no_network(*args, **kwargs):
         raise OSError("network access attempted")
 
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    r = EmotionRecognizer()
+    r = EmotionRecognizer() if name == "default" else EmotionRecognizer(name)
     assert r.classes == EMOTIONS
     assert r.predict_faces(_faces(2)).shape == (2, 7)
-    assert shipped_model_path().stat().st_size < 10_000_000
+    assert shipped_model_path(name).stat().st_size < 10_000_000
+
+
+def test_an_unknown_model_name_says_what_ships(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="cpu-trained"):
+        EmotionRecognizer("cpu")
+    with pytest.raises(ValueError, match="ships"):
+        shipped_model_path("cpu")

@@ -22,20 +22,25 @@ from ferlab.precision import slow_bf16_reason
 
 log = logging.getLogger(__name__)
 
-SHIPPED_MODEL = "ferlab_fer2013.pt"
+# the models inside the package, by the name EmotionRecognizer(model=...) takes: the default
+# (trained on a GPU) and the one trained and timed on two CPU cores (MODEL_CARD_CPU.md)
+SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013_cpu.pt"}
 PRECISIONS = ("fp32", "bf16")
 
 
-def shipped_model_path() -> Path:
-    """The model file inside the installed package (no download, ever)."""
-    return Path(str(resources.files("ferlab") / "weights" / SHIPPED_MODEL))
+def shipped_model_path(name: str = "default") -> Path:
+    """The file of a model shipped inside the installed package (no download, ever)."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"No shipped model {name!r}; ferlab ships {sorted(SHIPPED_MODELS)}.")
+    return Path(str(resources.files("ferlab") / "weights" / SHIPPED_MODELS[name]))
 
 
 class EmotionRecognizer:
     """Emotion probabilities for face crops (``predict_faces``) or whole images (``analyze``).
 
-    ``model``: None for the shipped model, a ferlab model file (``.pt``), a training checkpoint
-    (``.ckpt``) or a run directory. ``tta``: "flip" averages each face with its mirror image;
+    ``model``: None (or "default") for the shipped model, "cpu-trained" for the shipped model
+    trained on two CPU cores, a ferlab model file (``.pt``), a training checkpoint (``.ckpt``)
+    or a run directory. ``tta``: "flip" averages each face with its mirror image;
     None uses the model file's own setting ("none" for checkpoints). ``precision``: "bf16"
     runs the network under bfloat16 autocast, about twice as fast on CPUs with native bf16
     (AVX512-BF16, AMX) and on GPUs, slower on other CPUs (a warning says so on a CPU with no
@@ -49,7 +54,14 @@ class EmotionRecognizer:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
         self.precision = precision
-        path = Path(model) if model is not None else shipped_model_path()
+        if model is None or model in SHIPPED_MODELS:
+            path = shipped_model_path(model or "default")
+        else:
+            path = Path(model)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"No model file, checkpoint or run directory at {path}; the models shipped "
+                    f"with ferlab are named {sorted(SHIPPED_MODELS)}.")
         if path.is_dir() or path.suffix == ".ckpt":
             module, cfg = load_checkpoint(path)
             network, self.classes = module.model, tuple(module.class_names)
