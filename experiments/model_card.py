@@ -42,8 +42,8 @@ def _confusions(metrics: dict, classes: list[str]) -> str:
 def _data_line(stages: list[dict]) -> str:
     if all(stage.get("val_in_training") for stage in stages):
         return ("Every stage trains on Training + PublicTest (32,298 faces) with a recipe fixed "
-                "in advance, run beside a train-only twin on Training (28,709 faces) that "
-                "PublicTest (val) judged; the last epoch of each stage is taken.")
+                "in advance from what PublicTest (val) chose on train-only runs (Training, "
+                "28,709 faces; `experiments/README.md`); the last epoch of each stage is taken.")
     if stages[-1].get("val_in_training"):
         return ("Trained on Training (28,709 faces) with every choice made on PublicTest (val); "
                 "the final stage, fixed in advance, fine-tunes on Training + PublicTest (32,298 "

@@ -209,12 +209,12 @@ def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch, nam
     if not (ROOT / card.CARDS[name]).is_file():
         pytest.skip(f"no card {card.CARDS[name]}: {name!r} is not shipped in this checkout")
     text = (ROOT / card.CARDS[name]).read_text()
-    name = re.search(r"`experiments/(\w+)/report/report\.md`", text).group(1)
+    study_name = re.search(r"`experiments/(\w+)/report/report\.md`", text).group(1)
     model_file = ROOT / "src/ferlab/weights" / re.search(r"`ferlab/weights/([\w.]+)`",
                                                          text).group(1)
-    study = {**json.loads((ROOT / "experiments" / name / "study.json").read_text()),
-             "name": name}
-    report = json.loads((ROOT / "experiments" / name / "report/metrics.json").read_text())
+    folder = ROOT / "experiments" / study_name
+    study = {**json.loads((folder / "study.json").read_text()), "name": study_name}
+    report = json.loads((folder / "report/metrics.json").read_text())
     rerun = re.search(r"study \[`(\w+)`\]", text)  # the same commands on other hardware
     rerun = card._study(rerun.group(1)) if rerun else None
     assert model_file.name == SHIPPED_MODELS[name]
