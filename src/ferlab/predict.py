@@ -30,7 +30,7 @@ from ferlab.inference.detect import make_detector
 from ferlab.inference.feature_maps import save_feature_maps
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
-from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
+from ferlab.inference.recognizer import PRECISIONS, SHIPPED_MODELS, EmotionRecognizer
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files, folders (recursive) or glob patterns")
-    p.add_argument("--model", help="model file, checkpoint or run directory, or a shipped "
-                                   "model: default (the default) or cpu-trained")
+    p.add_argument("--model", help="model file, checkpoint or run directory, or the name of a "
+                                   f"model shipped with ferlab ({', '.join(SHIPPED_MODELS)}; "
+                                   "default: default)")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
     p.add_argument("--min-face", type=int, default=48, help="smallest face side in pixels")
     p.add_argument("--scale-factor", type=float, default=1.07, help="Haar pyramid step")
