@@ -39,9 +39,9 @@ from matplotlib import cbook
 from PIL import Image
 
 from ferlab import EmotionRecognizer
-from ferlab.inference.recognizer import SHIPPED_MODELS
 from ferlab.data import EMOTIONS, load_faces
 from ferlab.inference import HaarDetector
+from ferlab.inference.recognizer import SHIPPED_MODELS
 
 
 def fer_with_litert():
