@@ -108,16 +108,13 @@ def _rerun(rerun: dict | None, study: dict, acc: float) -> str:
     minutes = sum(train_seconds(s["train"]) for s in rechain) / 60
     sittings = ", summed over sittings resumed with `resume=<run dir>`" if _resumed(rechain) else ""
     ev = rerun["eval"]
-    seeds = _stage_seeds(rechain)
-    other_seeds = seeds != _stage_seeds(stages(study))
-    if not other_seeds:
-        how = "The same commands"
-    elif "after" in rerun and rerun["after"] == study.get("after"):
-        how = f"The last stage again with seed {seeds[-1]}, from the same stages before it,"
-    else:
-        how = f"The same commands with seeds {' then '.join(map(str, seeds))}"
-    mean = (f"; the mean of the two seeds is {(acc + ev['test']['acc']) / 2:.4f}"
-            if other_seeds else "")
+    seeds, how, mean = _stage_seeds(rechain), "The same commands", ""
+    if seeds != _stage_seeds(stages(study)):
+        mean = f"; the mean of the two seeds is {(acc + ev['test']['acc']) / 2:.4f}"
+        if "after" in rerun and rerun["after"] == study.get("after"):
+            how = f"The last stage again with seed {seeds[-1]}, from the same stages before it,"
+        else:
+            how = f"The same commands with seeds {' then '.join(map(str, seeds))}"
     return (f"\n- {how} on {rerun['hardware']}, {_precisions(rechain)}: "
             f"{minutes:.0f} min of training for {sum(s['train']['epochs'] for s in rechain)} "
             f"epochs in all{sittings}; that model scores {ev['test']['acc']:.4f} on PrivateTest "
