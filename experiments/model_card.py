@@ -193,8 +193,10 @@ Per class on PrivateTest:
 |---|---|---|---|---|
 {per_class}
 
-The full report (confusion matrices, reliability diagram, rank of the truth when wrong, most
-confident mistakes) is in `experiments/{study["name"]}/report/report.md`.
+The evaluation's numbers are in `experiments/{study["name"]}/report/report.md` (the confusion
+matrix in metrics.json beside it); `python -m ferlab.evaluate` on the shipped model draws the
+figures again (confusion matrices, reliability diagram, rank of the truth when wrong, most
+confident mistakes).
 
 <!-- guard: privatetest_acc={test["acc"]:.4f} -->
 CI recomputes the PrivateTest accuracy through `EmotionRecognizer({call})` and fails below

@@ -6,7 +6,8 @@
     python experiments/record.py table
 
 ``add`` copies the run's metrics.json, its Hydra overrides (the exact command) and, when
-given, an evaluation report into experiments/NAME/; ``retest`` replaces a study's in-run test
+given, an evaluation's numbers (metrics.json, and report.md without its figures: no images
+are committed) into experiments/NAME/; ``retest`` replaces a study's in-run test
 figures by those of ``python -m ferlab.evaluate`` on the same checkpoint without TTA (the
 in-run test of EMA runs recorded before commit 27d16e4 measured the raw, not the averaged,
 weights); ``table`` rebuilds the README table from every experiments/*/study.json. Numbers
@@ -52,9 +53,17 @@ NOT_THE_RECIPE = ("hydra.", "callbacks.progress_bar", "+trainer.enable_progress_
                   "data.root=", "name=", "test=")
 
 
+def numbers_only(report: str) -> str:
+    """An evaluation's report.md without its figures, which the record leaves out to keep the
+    repository small (``python -m ferlab.evaluate`` on the model draws them again)."""
+    lines = [line for line in report.splitlines() if not line.startswith("![")]
+    lines.insert(1, "\n(Figures left out of the record to keep the repository small: "
+                    "`python -m ferlab.evaluate` on the model rebuilds them.)")
+    return "\n".join(lines) + "\n"
+
+
 def add(name: str, run: Path, question: str, eval_dir: Path | None,
-        after: str | None = None, hardware_text: str | None = None,
-        figures: bool = True) -> Path:
+        after: str | None = None, hardware_text: str | None = None) -> Path:
     study = HERE / name
     if not (run / "metrics.json").is_file():  # checked before anything is written
         raise SystemExit(
@@ -92,16 +101,9 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
         target = study / "report"
         if target.exists():
             shutil.rmtree(target)
-        if figures:
-            shutil.copytree(eval_dir, target, ignore=shutil.ignore_patterns(".hydra", "*.log"))
-        else:  # the numbers only: figures are rebuilt by python -m ferlab.evaluate
-            target.mkdir()
-            shutil.copy(eval_dir / "metrics.json", target)
-            report = [line for line in (eval_dir / "report.md").read_text().splitlines()
-                      if not line.startswith("![")]
-            report.insert(1, "\n(Figures left out of the record to keep the repository small: "
-                             "`python -m ferlab.evaluate` on the model rebuilds them.)")
-            (target / "report.md").write_text("\n".join(report) + "\n")
+        target.mkdir()
+        shutil.copy(eval_dir / "metrics.json", target)
+        (target / "report.md").write_text(numbers_only((eval_dir / "report.md").read_text()))
     (study / "study.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return study
 
@@ -213,8 +215,6 @@ def main() -> None:
     a.add_argument("--after", metavar="STUDY",
                    help="the study whose model this run started from (init_from)")
     a.add_argument("--hardware", help="where the run trained, when not on this machine's CPUs")
-    a.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="record the evaluation's numbers and report.md without its figures")
     r = sub.add_parser("retest", help="replace the in-run test figures by an evaluation of "
                                       "the same checkpoint without TTA")
     r.add_argument("name")
@@ -223,8 +223,7 @@ def main() -> None:
     sub.add_parser("table")
     args = parser.parse_args()
     if args.cmd == "add":
-        study = add(args.name, args.run, args.question, args.eval, args.after, args.hardware,
-                    args.figures)
+        study = add(args.name, args.run, args.question, args.eval, args.after, args.hardware)
         print(f"recorded {study}")
     elif args.cmd == "retest":
         print(f"retested {retest(args.name, args.eval)}")

@@ -74,12 +74,19 @@ def test_record_without_figures_keeps_the_numbers(tmp_path, monkeypatch):
     (ev / "metrics.json").write_text(json.dumps({"tta": "flip", "datasets": {"test": scores}}))
     (ev / "report.md").write_text("# Evaluation\n| test | 0.5 |\n![cm](test_cm.png)\n")
     (ev / "test_cm.png").write_bytes(b"png")
-    study = record.add("s", run, "q?", ev, figures=False)
+    study = record.add("s", run, "q?", ev)
     assert sorted(p.name for p in (study / "report").iterdir()) == ["metrics.json", "report.md"]
     text = (study / "report" / "report.md").read_text()
     assert "| test | 0.5 |" in text and "![" not in text and "ferlab.evaluate" in text
     assert json.loads((study / "study.json").read_text())["eval"]["test"]["acc"] == 0.5
     assert "| 0.5000 / - (flip) |" in record.table()
+
+
+def test_no_images_are_committed_with_the_studies():
+    """Study records keep numbers only; evaluate draws the figures again from the model."""
+    images = [p for p in (ROOT / "experiments").rglob("*")
+              if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}]
+    assert images == [], f"images in experiments/ (record.py keeps numbers only): {images}"
 
 
 def test_record_of_a_run_cut_before_its_end_writes_nothing(tmp_path, monkeypatch):
