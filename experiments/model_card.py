@@ -98,10 +98,10 @@ def _where(stages: list[dict]) -> str:
     return text
 
 
-def _rerun(rerun: dict | None, study: dict, acc: float) -> str:
+def _rerun(rerun: dict | None, chain: list[dict], acc: float) -> str:
     """A line on the same commands run again (a recorded chain of studies) on other hardware or
     with other seeds, with their training time and what the model they made scored; for another
-    seed, also the mean of the two (``acc`` is the shipped model's)."""
+    seed, also the mean of the two (``chain`` and ``acc`` are the shipped model's)."""
     if rerun is None:
         return ""
     rechain = stages(rerun)
@@ -109,9 +109,9 @@ def _rerun(rerun: dict | None, study: dict, acc: float) -> str:
     sittings = ", summed over sittings resumed with `resume=<run dir>`" if _resumed(rechain) else ""
     ev = rerun["eval"]
     seeds, how, mean = _stage_seeds(rechain), "The same commands", ""
-    if seeds != _stage_seeds(stages(study)):
+    if seeds != _stage_seeds(chain):
         mean = f"; the mean of the two seeds is {(acc + ev['test']['acc']) / 2:.4f}"
-        if "after" in rerun and rerun["after"] == study.get("after"):
+        if "after" in rerun and rerun["after"] == chain[-1].get("after"):
             how = f"The last stage again with seed {seeds[-1]}, from the same stages before it,"
         else:
             how = f"The same commands with seeds {' then '.join(map(str, seeds))}"
@@ -173,7 +173,7 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
 - Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {_precisions(stages)},
   channels_last). {_where(stages)};
-  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun, study, test["acc"])}
+  `experiments/README.md` gives the measured CPU throughput.{_rerun(rerun, stages, test["acc"])}
 - Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 
 ## How good it is (FER2013, measured by `python -m ferlab.evaluate`)
