@@ -84,6 +84,10 @@ def test_bad_face_input_is_explained(model_file):
         r.predict_faces(_faces(1)[0])
     with pytest.raises(ValueError, match="uint8"):
         r.predict_faces([np.zeros((48, 48), np.float32)])
+    with pytest.raises(ValueError, match=r"pass \[path\]"):
+        r.predict_faces("face.png")
+    with pytest.raises(TypeError, match="got NoneType"):
+        r.predict_faces(None)
 
 
 def test_flip_tta_is_mirror_invariant(model_file):

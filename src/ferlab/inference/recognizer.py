@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,13 @@ class EmotionRecognizer:
         elif isinstance(faces, np.ndarray) and faces.ndim in (2, 4):
             raise ValueError(f"faces must be a uint8 batch (N, H, W) or a list of crops; got an "
                              f"array of shape {faces.shape} (wrap a single crop in a list).")
+        elif isinstance(faces, (str, bytes, os.PathLike)):
+            raise ValueError(f"faces must be a uint8 batch (N, H, W) or a list of crops; got the "
+                             f"path {str(faces)!r}: pass [path] for a file holding one face crop, "
+                             "or analyze(path) to find the faces in a photo.")
+        elif not isinstance(faces, Iterable):
+            raise TypeError(f"faces must be a uint8 batch (N, H, W) or a list of crops; got "
+                            f"{type(faces).__name__}.")
         else:
             crops = list(faces)
         if not crops:
