@@ -430,6 +430,19 @@ def test_cli_resume_alone_continues_with_the_runs_own_overrides(tmp_path, csv_ro
     assert "model." not in changed and "batch_size" not in changed
 
 
+def test_cli_resume_of_a_path_without_a_run_writes_nothing(tmp_path):
+    """A mistyped resume= must fail before Hydra makes a run directory there, and a folder that
+    is not a run must not get one written into it."""
+    typo, folder = tmp_path / "runs/jbo", tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    for path in (typo, folder):
+        result = _cli([f"resume={path}"], tmp_path, data=tmp_path / "missing")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"error: resume={path}" in result.stderr and "run directory" in result.stderr
+    assert not typo.exists() and [p.name for p in folder.iterdir()] == ["a.jpg"]
+
+
 def test_resume_brings_back_the_latest_record_of_each_override(tmp_path):
     run = tmp_path / "run"
     first, later = run / ".hydra", run / ".hydra-resumed-2026-01-02_00-00-00"
@@ -481,6 +494,10 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     (tmp_path / "x.ckpt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         load_checkpoint(tmp_path / "x.ckpt")
+    torch.save({"state_dict": {}, "where": Path("elsewhere")}, tmp_path / "pickled.ckpt")
+    with pytest.raises(ValueError, match="never unpickles") as refused:
+        load_checkpoint(tmp_path / "pickled.ckpt")
+    assert "weights_only=False" not in str(refused.value)  # torch's advice, unsafe here
     torch.save({"state_dict": {}}, tmp_path / "y.ckpt")
     with pytest.raises(ValueError, match="not written by ferlab.train"):
         load_checkpoint(tmp_path / "y.ckpt")

@@ -107,6 +107,10 @@ def read_torch_file(file: Path, what: str = "PyTorch file",
     """``torch.load(weights_only=True)`` (no unpickling of code) with a clear error."""
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's own text advises weights_only=False: not here
+        raise ValueError(f"{file} is not a readable {what}: it is not a PyTorch file, or it holds "
+                         "Python objects besides tensors, which ferlab never unpickles (files "
+                         "from ferlab.train and ferlab.export hold none).") from err
     except UNREADABLE as err:
         raise ValueError(f"{file} is not a readable {what} ({type(err).__name__}: {err}).") from err
 

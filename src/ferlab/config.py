@@ -16,7 +16,7 @@ def run_dir(resume: str | None, default: str) -> str:
     """The output directory of a run: the resumed run's own directory, else ``default``."""
     if resume is None:
         return default
-    path = Path(resume)
+    path = Path(resume).expanduser()
     # a checkpoint file lives in <run dir>/checkpoints/
     return str(path.parent.parent if path.suffix == ".ckpt" else path)
 
@@ -33,6 +33,13 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def resume_argument(args: list[str]) -> str | None:
+    """The run directory or checkpoint that ``resume=...`` names on a command line, if any."""
+    value = next((a.split("=", 1)[1].strip("'\"") for a in args
+                  if override_key(a) == "resume" and "=" in a), "")
+    return value if value and value != "null" else None
+
+
 def with_run_overrides(args: list[str]) -> list[str]:
     """Command-line arguments for ``resume=<run dir>``: the run's own overrides come back from its
     Hydra records (the first sitting's ``.hydra`` and every later ``.hydra-resumed-*``, the later
@@ -41,10 +48,10 @@ def with_run_overrides(args: list[str]) -> list[str]:
     arguments, sweeps (``-m``) and a checkpoint outside a run directory are left as they are."""
     if "-m" in args or "--multirun" in args:
         return args
-    at = next((i for i, a in enumerate(args) if override_key(a) == "resume" and "=" in a), None)
-    resume = args[at].split("=", 1)[1].strip("'\"") if at is not None else ""
-    if not resume or resume == "null":
+    resume = resume_argument(args)
+    if resume is None:
         return args
+    at = next(i for i, a in enumerate(args) if override_key(a) == "resume" and "=" in a)
     run = Path(run_dir(resume, ""))
     saved: dict[str, str] = {}
     for record in [run / ".hydra", *sorted(run.glob(".hydra-resumed-*"))]:

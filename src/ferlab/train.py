@@ -27,7 +27,7 @@ from ferlab.checkpoint import (
     read_torch_file,
     write_json,
 )
-from ferlab.config import CONFIG_DIR, register_resolvers, with_run_overrides
+from ferlab.config import CONFIG_DIR, register_resolvers, resume_argument, with_run_overrides
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 from ferlab.inference.model_file import load_network
 from ferlab.precision import slow_bf16_reason
@@ -251,6 +251,12 @@ def _run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_resolvers()
+    multirun = "-m" in sys.argv or "--multirun" in sys.argv
+    if not multirun and (resume := resume_argument(sys.argv[1:])) is not None:
+        try:  # before Hydra makes the run directory: a mistyped path must not get one
+            find_checkpoint(resume)
+        except FileNotFoundError as err:
+            sys.exit(f"error: resume={resume}: {err}")
     sys.argv[1:] = with_run_overrides(sys.argv[1:])  # resume=<run dir> brings its recipe back
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
 
