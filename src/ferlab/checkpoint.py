@@ -7,7 +7,6 @@ import logging
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab.files import atomic_write
 from ferlab.module import EmotionModule
 
 CONFIG_KEY = "ferlab_config"
@@ -147,14 +147,6 @@ def load_network_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write JSON atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ferlab.data.sources import FaceTable, locate
+from ferlab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,9 @@ def _write_atomically(cache_file: Path, table: FaceTable) -> bool:
     """Write to a temporary file and rename, so a killed run never leaves a half-written cache;
     whether the cache was written."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, faces=table.faces, labels=table.labels, splits=table.splits,
-                         sources=table.sources)
-            os.replace(tmp, cache_file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(cache_file, "wb") as handle:
+            np.savez(handle, faces=table.faces, labels=table.labels, splits=table.splits,
+                     sources=table.sources)
     except OSError as err:
         # The data is decoded and usable; only the next run pays the decoding again.
         log.warning("Could not write the FER2013 cache %s (%s); set FERLAB_CACHE or "

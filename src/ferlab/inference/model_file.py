@@ -25,6 +25,7 @@ from ferlab.checkpoint import (
     read_torch_file,
 )
 from ferlab.data.labels import FACE_SIZE, class_names
+from ferlab.files import atomic_write
 
 FORMAT = "ferlab-model/1"
 
@@ -67,10 +68,8 @@ def save_model(network: nn.Module, model_cfg: dict[str, Any], classes: tuple[str
         "recipe": recipe or {},
     }
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, output)
+    with atomic_write(output, "wb") as handle:
+        torch.save(payload, handle)
     return output
 
 
