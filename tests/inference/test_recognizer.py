@@ -74,6 +74,15 @@ def test_bf16_precision_is_close_to_fp32(model_file):
         EmotionRecognizer(model_file, precision="fp16")
 
 
+def test_bad_device_is_explained(model_file):
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):
+        EmotionRecognizer(model_file, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU here"):
+            EmotionRecognizer(model_file, device="cuda")
+    assert EmotionRecognizer(model_file, device="auto").device.type in ("cpu", "cuda")
+
+
 def test_empty_input(model_file):
     assert EmotionRecognizer(model_file).predict_faces([]).shape == (0, 7)
 

@@ -72,9 +72,7 @@ class EmotionRecognizer:
         self.tta = tta if tta is not None else self.meta.get("tta", "none")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}; got {self.tta!r}.")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = _device(device)
         if precision == "bf16" and self.device.type == "cpu" and (reason := slow_bf16_reason()):
             log.warning("precision='bf16': %s; precision='fp32' is faster here.", reason)
         # channels_last: measured ~1.7x faster convolutions on CPU (oneDNN), also right on GPU
@@ -164,3 +162,22 @@ class EmotionRecognizer:
             "score": float(probs[best]),
             "probabilities": {c: float(p) for c, p in zip(self.classes, probs)},
         }
+
+
+def _device(name: str) -> torch.device:
+    """The torch device for ``name`` ("auto", "cpu", "cuda", "cuda:1" ...), refused with what to
+    pass instead when it is not one or is not usable here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'; got "
+                         f"{name!r}.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but PyTorch sees no CUDA GPU here; use 'cpu', or "
+                         "'auto' to take a GPU when there is one.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r}, but PyTorch sees {torch.cuda.device_count()} CUDA "
+                         "GPU(s) here, numbered from 0.")
+    return device
