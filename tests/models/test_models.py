@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ferlab.config import CONFIG_DIR
-from ferlab.models import VGG
+from ferlab.models import VGG, fold_batch_norm
 
 MODEL_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
@@ -50,6 +50,23 @@ def test_model_in_eval_mode_is_deterministic(name):
     model = build(name).eval()
     x = torch.randn(2, 1, 48, 48)
     assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_folding_batch_norm_keeps_the_outputs(name):
+    torch.manual_seed(0)
+    model = build(name)
+    model(torch.randn(16, 1, 48, 48) * 3 + 1)  # training mode: running statistics move off 0/1
+    model.eval()
+    x = torch.randn(4, 1, 48, 48)
+    expected = model(x)
+    had_norms = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert had_norms == any(isinstance(m, torch.nn.Identity) for m in folded.modules())
+    torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(build(name))
 
 
 def test_baseline_is_three_convs_and_one_dense_layer():
