@@ -352,6 +352,28 @@ def test_evaluate_writes_report(make_cfg, tmp_path, csv_root):
     assert "| test | 14 |" in text and "![mistakes](test_mistakes.png)" in text
 
 
+def test_evaluate_takes_a_shipped_model_by_name_and_asks_for_a_missing_one(tmp_path, csv_root):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ferlab.config import CONFIG_DIR
+    from ferlab.inference.recognizer import shipped_model_path
+
+    def cfg(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("eval", overrides=[f"data_root={csv_root}", "device=cpu",
+                                              "splits=[test]", f"output_dir={tmp_path / 'ev'}",
+                                              *overrides])
+
+    with pytest.raises(ValueError, match="Say what to evaluate: ckpt_path=.*cpu-trained"):
+        evaluate(cfg())
+    report = evaluate(cfg("ckpt_path=cpu-trained"))
+    assert report["model"]["source"] == "cpu-trained"
+    assert report["model"]["file"] == str(shipped_model_path("cpu-trained"))
+    assert report["datasets"]["test"]["n"] == 14
+
+
 # --- the command lines, as a user types them ---------------------------------------------------
 
 def _cli(args: list[str], tmp_path: Path, data: Path | None = None, module="ferlab.train"):

@@ -2,6 +2,7 @@
 
     python -m ferlab.evaluate ckpt_path=<run dir or .ckpt> [splits=[test,val]] [tta=flip]
     python -m ferlab.evaluate ckpt_path=... folder=/data/ckplus detect_faces=false
+    python -m ferlab.evaluate ckpt_path=default tta=flip   # a model shipped with ferlab
 
 ``metrics.json`` (accuracy, macro, top-2/3, per-class precision/recall/F1/support, NLL, ECE,
 the six-class view, the clean-test view, the TTA change), figures and ``report.md``.
@@ -28,7 +29,7 @@ from ferlab.data.labels import EMOTIONS, class_names, label_map
 from ferlab.data.sources import DataFormatError
 from ferlab.inference.detect import make_detector
 from ferlab.inference.images import ImageError, read_image
-from ferlab.inference.recognizer import EmotionRecognizer
+from ferlab.inference.recognizer import SHIPPED_MODELS, EmotionRecognizer, shipped_model_path
 from ferlab.metrics import evaluation_metrics, fold_probabilities
 from ferlab.report import markdown, save_figures
 
@@ -37,13 +38,20 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on FER2013 splits or a labelled folder; write the report."""
-    recognizer = EmotionRecognizer(find_checkpoint(cfg.ckpt_path), device=cfg.device,
-                                   tta=cfg.tta, batch_size=cfg.batch_size,
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ValueError("Say what to evaluate: ckpt_path=<run dir, .ckpt or model file from "
+                         "ferlab.export>, or the name of a shipped model "
+                         f"({', '.join(SHIPPED_MODELS)}).")
+    shipped = cfg.ckpt_path in SHIPPED_MODELS
+    source = shipped_model_path(cfg.ckpt_path) if shipped else find_checkpoint(cfg.ckpt_path)
+    recognizer = EmotionRecognizer(source, device=cfg.device, tta=cfg.tta,
+                                   batch_size=cfg.batch_size,
                                    precision=cfg.get("precision", "fp32"))
     classes = recognizer.classes
     out = Path(cfg.output_dir)
     report: dict[str, Any] = {
-        "model": {"source": str(Path(cfg.ckpt_path)), "num_classes": len(classes),
+        "model": {"source": cfg.ckpt_path if shipped else str(Path(cfg.ckpt_path)),
+                  "file": str(source), "num_classes": len(classes),
                   "network": type(recognizer.network).__name__, "classes": list(classes)},
         "tta": cfg.tta, "datasets": {},
     }
