@@ -465,6 +465,21 @@ def test_cli_resume_of_a_path_without_a_run_writes_nothing(tmp_path):
     assert not typo.exists() and [p.name for p in folder.iterdir()] == ["a.jpg"]
 
 
+def test_a_new_run_never_writes_over_an_earlier_one(make_cfg, tmp_path, csv_root):
+    run = tmp_path / "runs/job"
+    args = ["model=baseline", "callbacks.progress_bar=null", "data.batch_size=8", "test=false",
+            "trainer.max_epochs=1", f"hydra.run.dir={run}"]
+    assert _cli(args, tmp_path, data=csv_root).returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = _cli([*args, "seed=3"], tmp_path, data=csv_root)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "already holds a run" in result.stderr and f"resume={run}" in result.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # the Python API and sweep jobs (whose directories Hydra makes) are guarded too
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(make_cfg(["model=baseline"], output_dir=run))
+
+
 def test_resume_brings_back_the_latest_record_of_each_override(tmp_path):
     run = tmp_path / "run"
     first, later = run / ".hydra", run / ".hydra-resumed-2026-01-02_00-00-00"

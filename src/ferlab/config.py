@@ -33,10 +33,15 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def override_value(args: list[str], key: str) -> str | None:
+    """The value a command line sets ``key`` to (quotes stripped), if it sets it."""
+    return next((a.split("=", 1)[1].strip("'\"") for a in args
+                 if override_key(a) == key and "=" in a), None)
+
+
 def resume_argument(args: list[str]) -> str | None:
     """The run directory or checkpoint that ``resume=...`` names on a command line, if any."""
-    value = next((a.split("=", 1)[1].strip("'\"") for a in args
-                  if override_key(a) == "resume" and "=" in a), "")
+    value = override_value(args, "resume")
     return value if value and value != "null" else None
 
 

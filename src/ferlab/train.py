@@ -27,7 +27,13 @@ from ferlab.checkpoint import (
     read_torch_file,
     write_json,
 )
-from ferlab.config import CONFIG_DIR, register_resolvers, resume_argument, with_run_overrides
+from ferlab.config import (
+    CONFIG_DIR,
+    override_value,
+    register_resolvers,
+    resume_argument,
+    with_run_overrides,
+)
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 from ferlab.inference.model_file import load_network
 from ferlab.precision import slow_bf16_reason
@@ -45,6 +51,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     output_dir = Path(cfg.paths.output_dir)
+    if not cfg.get("resume"):
+        refuse_to_overwrite(output_dir)
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, model=instantiate(cfg.model),
@@ -184,6 +192,16 @@ def _time_is_up(timer: Timer | None) -> bool:
     return remaining is not None and remaining <= 0
 
 
+def refuse_to_overwrite(output_dir: Path) -> None:
+    """A new run never writes over the checkpoints of an earlier one in the same directory."""
+    held = sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    if held:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({len(held)} checkpoint(s), e.g. {held[-1].name}); "
+            f"continue it with resume={output_dir}, train into another directory "
+            "(hydra.run.dir=...), or delete it first.")
+
+
 def _check_resume(ckpt_path: Path, cfg: DictConfig, timer: Timer | None) -> None:
     """Refuse a resume whose training-time budget is already spent (it would stop at once), and
     say which settings differ from the checkpoint's."""
@@ -243,7 +261,7 @@ def _run(cfg: DictConfig) -> float | None:
                  cfg.resume, " ".join(HydraConfig.get().overrides.task))
     try:
         metrics = train(cfg)
-    except (DataNotFoundError, DataFormatError) as err:
+    except (DataNotFoundError, DataFormatError, FileExistsError) as err:
         log.error("%s", err)
         sys.exit(2)
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
@@ -251,12 +269,19 @@ def _run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_resolvers()
-    multirun = "-m" in sys.argv or "--multirun" in sys.argv
-    if not multirun and (resume := resume_argument(sys.argv[1:])) is not None:
-        try:  # before Hydra makes the run directory: a mistyped path must not get one
-            find_checkpoint(resume)
-        except FileNotFoundError as err:
-            sys.exit(f"error: resume={resume}: {err}")
+    args = sys.argv[1:]
+    if "-m" not in args and "--multirun" not in args:
+        # checked before Hydra writes its record into the run directory
+        if (resume := resume_argument(args)) is not None:
+            try:  # a mistyped path must not get a run directory
+                find_checkpoint(resume)
+            except FileNotFoundError as err:
+                sys.exit(f"error: resume={resume}: {err}")
+        elif (run := override_value(args, "hydra.run.dir")) is not None:
+            try:
+                refuse_to_overwrite(Path(run))
+            except FileExistsError as err:
+                sys.exit(f"error: {err}")
     sys.argv[1:] = with_run_overrides(sys.argv[1:])  # resume=<run dir> brings its recipe back
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
 
