@@ -267,21 +267,23 @@ def _run(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 
 
+def _check_run_directory(args: list[str]) -> None:
+    """Before Hydra writes its record into the run directory: resume= must name a run (a
+    mistyped path must not get a directory), and a new run's hydra.run.dir must not hold one."""
+    if "-m" in args or "--multirun" in args:
+        return  # sweep jobs are checked by train() itself
+    try:
+        if (resume := resume_argument(args)) is not None:
+            find_checkpoint(resume)
+        elif (run := override_value(args, "hydra.run.dir")) is not None:
+            refuse_to_overwrite(Path(run))
+    except (FileNotFoundError, FileExistsError) as err:
+        sys.exit(f"error: resume={resume}: {err}" if resume else f"error: {err}")
+
+
 def main() -> None:
     register_resolvers()
-    args = sys.argv[1:]
-    if "-m" not in args and "--multirun" not in args:
-        # checked before Hydra writes its record into the run directory
-        if (resume := resume_argument(args)) is not None:
-            try:  # a mistyped path must not get a run directory
-                find_checkpoint(resume)
-            except FileNotFoundError as err:
-                sys.exit(f"error: resume={resume}: {err}")
-        elif (run := override_value(args, "hydra.run.dir")) is not None:
-            try:
-                refuse_to_overwrite(Path(run))
-            except FileExistsError as err:
-                sys.exit(f"error: {err}")
+    _check_run_directory(sys.argv[1:])
     sys.argv[1:] = with_run_overrides(sys.argv[1:])  # resume=<run dir> brings its recipe back
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
 
