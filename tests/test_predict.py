@@ -209,3 +209,16 @@ def test_missing_model_is_a_clear_error(mixed_folder, tmp_path):
     not_a_model.write_text("not a model")
     with pytest.raises(SystemExit, match="notes.pt"):
         _run([str(mixed_folder / "hopper.jpg"), "--model", str(not_a_model)])
+
+
+@pytest.mark.parametrize("option, value, why", [
+    ("--fps", "0", "must be > 0"), ("--fps", "nan", "must be > 0"),
+    ("--scale-factor", "1.0", "must be > 1"), ("--min-face", "0", "must be >= 1"),
+    ("--threads", "0", "must be >= 1"), ("--margin", "-0.5", "must be >= 0"),
+    ("--top-k", "two", "'two' is not an integer"), ("--max-pixels", "0", "must be >= 1"),
+])
+def test_bad_numbers_are_refused_before_any_work(option, value, why, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["photo.jpg", option, value])
+    assert stop.value.code == 2
+    assert f"argument {option}: {why}" in capsys.readouterr().err

@@ -35,6 +35,28 @@ from ferlab.inference.recognizer import PRECISIONS, SHIPPED_MODELS, EmotionRecog
 log = logging.getLogger(__name__)
 
 
+def _number(kind: type, low: float, inclusive: bool = True):
+    """An argparse type: ``kind`` (int or float) at least ``low`` (above it when not
+    ``inclusive``), so a bad value is refused up front with the option's name."""
+    bound = f">= {low}" if inclusive else f"> {low}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (value >= low if inclusive else value > low):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {bound}; got {text}")
+        return value
+
+    return parse
+
+
+COUNT, POSITIVE_INT = _number(int, 0), _number(int, 1)
+NON_NEGATIVE, POSITIVE = _number(float, 0), _number(float, 0, inclusive=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ferlab.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,30 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"model shipped with ferlab ({', '.join(SHIPPED_MODELS)}; "
                                    "default: default)")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
-    p.add_argument("--min-face", type=int, default=48, help="smallest face side in pixels")
-    p.add_argument("--scale-factor", type=float, default=1.07, help="Haar pyramid step")
-    p.add_argument("--min-neighbors", type=int, default=5, help="Haar detection strictness")
-    p.add_argument("--detect-size", type=int, default=640, metavar="PIXELS",
+    p.add_argument("--min-face", type=POSITIVE_INT, default=48, help="smallest face side in pixels")
+    p.add_argument("--scale-factor", type=_number(float, 1, inclusive=False),
+                   default=1.07, help="Haar pyramid step")
+    p.add_argument("--min-neighbors", type=COUNT, default=5, help="Haar detection strictness")
+    p.add_argument("--detect-size", type=COUNT, default=640, metavar="PIXELS",
                    help="Haar scans images shrunk to this longer side (faster on large photos; "
                         "faces under 24 px there are missed); 0 scans at full resolution")
-    p.add_argument("--margin", type=float, default=0.1,
+    p.add_argument("--margin", type=NON_NEGATIVE, default=0.1,
                    help="context around the face box, as a fraction of its side")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, help="CPU threads for the network")
+    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for the network")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: about 2x faster on CPUs with native bf16 (AVX512-BF16, AMX)")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the "
                                                    "model's own setting)")
-    p.add_argument("--top-k", type=int, default=2, help="also list the k most likely emotions")
+    p.add_argument("--top-k", type=COUNT, default=2, help="also list the k most likely emotions")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("--output", "-o", type=Path, help="write records here instead of stdout")
     p.add_argument("--overwrite", action="store_true", help="allow replacing --output")
-    p.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
+    p.add_argument("--fps", type=POSITIVE, default=1.0, help="video frames sampled per second")
     p.add_argument("--annotate", type=Path, metavar="DIR",
                    help="write annotated copies (and annotated videos) into DIR")
     p.add_argument("--feature-maps", type=Path, metavar="DIR",
                    help="save each face's feature maps after every pooling stage into DIR")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+    p.add_argument("--max-pixels", type=POSITIVE_INT, default=MAX_PIXELS,
                    help="refuse images larger than this (decompression bombs)")
     p.add_argument("--no-progress", action="store_true")
     return p
