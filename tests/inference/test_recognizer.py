@@ -74,6 +74,12 @@ def test_bf16_precision_is_close_to_fp32(model_file):
         EmotionRecognizer(model_file, precision="fp16")
 
 
+def test_bad_batch_size_or_margin_is_explained(model_file):
+    for kwargs in ({"batch_size": 0}, {"batch_size": 2.5}, {"margin": -0.1}):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1 and margin"):
+            EmotionRecognizer(model_file, **kwargs)
+
+
 def test_bad_device_is_explained(model_file):
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):
         EmotionRecognizer(model_file, device="gpu")

@@ -54,6 +54,9 @@ class EmotionRecognizer:
                  batch_size: int = 32, margin: float = 0.1, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+        if not (isinstance(batch_size, int) and batch_size >= 1) or not margin >= 0:
+            raise ValueError(f"batch_size must be an integer >= 1 and margin >= 0; got "
+                             f"{batch_size!r} and {margin!r}.")
         self.precision = precision
         if model is None or model in SHIPPED_MODELS:
             path = shipped_model_path(model or "default")
