@@ -45,7 +45,7 @@ from ferlab import EmotionRecognizer
 from ferlab.data import EMOTIONS, load_faces
 from ferlab.inference import HaarDetector
 from ferlab.inference.model_file import load_network
-from ferlab.inference.recognizer import SHIPPED_MODELS, shipped_model_path
+from ferlab.inference.recognizer import SHIPPED_MODELS
 
 
 def fer_with_litert():
@@ -207,8 +207,7 @@ def main() -> None:
     fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))
     print(f"PrivateTest accuracy: ferlab {ours_acc:.4f}, fer {fer_acc:.4f}")
     # the same with the batch norms left unfolded (the network as stored): 5 alternating rounds
-    stored = load_network(shipped_model_path(args.model) if args.model in SHIPPED_MODELS
-                          else args.model).to(ours.device).to(memory_format=torch.channels_last)
+    stored = load_network(ours.source).to(ours.device).to(memory_format=torch.channels_last)
     networks, sample = {"folded": ours.network, "unfolded": stored}, faces[:1024]
     rates: dict[str, list[float]] = {name: [] for name in networks}
     for _ in range(5):

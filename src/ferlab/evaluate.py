@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab.checkpoint import find_checkpoint, write_json
+from ferlab.checkpoint import write_json
 from ferlab.config import CONFIG_DIR
 from ferlab.data import SPLITS, load_faces, remap_labels, to_face
 from ferlab.data.duplicates import duplicated_in
@@ -29,7 +29,7 @@ from ferlab.data.labels import EMOTIONS, class_names, label_map
 from ferlab.data.sources import DataFormatError
 from ferlab.inference.detect import make_detector
 from ferlab.inference.images import ImageError, read_image
-from ferlab.inference.recognizer import SHIPPED_MODELS, EmotionRecognizer, shipped_model_path
+from ferlab.inference.recognizer import SHIPPED_MODELS, EmotionRecognizer
 from ferlab.metrics import evaluation_metrics, fold_probabilities
 from ferlab.report import markdown, save_figures
 
@@ -42,16 +42,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("Say what to evaluate: ckpt_path=<run dir, .ckpt or model file from "
                          "ferlab.export>, or the name of a shipped model "
                          f"({', '.join(SHIPPED_MODELS)}).")
-    shipped = cfg.ckpt_path in SHIPPED_MODELS
-    source = shipped_model_path(cfg.ckpt_path) if shipped else find_checkpoint(cfg.ckpt_path)
-    recognizer = EmotionRecognizer(source, device=cfg.device, tta=cfg.tta,
+    recognizer = EmotionRecognizer(cfg.ckpt_path, device=cfg.device, tta=cfg.tta,
                                    batch_size=cfg.batch_size,
                                    precision=cfg.get("precision", "fp32"))
     classes = recognizer.classes
     out = Path(cfg.output_dir)
+    shipped = cfg.ckpt_path in SHIPPED_MODELS
     report: dict[str, Any] = {
         "model": {"source": cfg.ckpt_path if shipped else str(Path(cfg.ckpt_path)),
-                  "file": str(source), "num_classes": len(classes),
+                  "file": str(recognizer.source), "num_classes": len(classes),
                   "network": type(recognizer.network).__name__, "classes": list(classes)},
         "tta": cfg.tta, "datasets": {},
     }

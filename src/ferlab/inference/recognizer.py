@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ferlab.checkpoint import load_checkpoint
+from ferlab.checkpoint import find_checkpoint, load_checkpoint
 from ferlab.data.transforms import TTA_MODES, preprocess, to_face
 from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_crop_box
 from ferlab.inference.images import as_bgr, read_image, to_grey
@@ -34,6 +34,19 @@ def shipped_model_path(name: str = "default") -> Path:
     if name not in SHIPPED_MODELS:
         raise ValueError(f"No shipped model {name!r}; ferlab ships {sorted(SHIPPED_MODELS)}.")
     return Path(str(resources.files("ferlab") / "weights" / SHIPPED_MODELS[name]))
+
+
+def model_source(model: str | os.PathLike | None) -> Path:
+    """The file behind what ``EmotionRecognizer(model=...)`` takes: a shipped model's name (None
+    for the default), a model file, a checkpoint, or a run directory (its last.ckpt)."""
+    if model is None or model in SHIPPED_MODELS:
+        return shipped_model_path(model or "default")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No model file, checkpoint or run directory at {path}; the models shipped with "
+            f"ferlab are named {sorted(SHIPPED_MODELS)}.")
+    return find_checkpoint(path) if path.is_dir() else path
 
 
 class EmotionRecognizer:
@@ -58,15 +71,8 @@ class EmotionRecognizer:
             raise ValueError(f"batch_size must be an integer >= 1 and margin >= 0; got "
                              f"{batch_size!r} and {margin!r}.")
         self.precision = precision
-        if model is None or model in SHIPPED_MODELS:
-            path = shipped_model_path(model or "default")
-        else:
-            path = Path(model)
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"No model file, checkpoint or run directory at {path}; the models shipped "
-                    f"with ferlab are named {sorted(SHIPPED_MODELS)}.")
-        if path.is_dir() or path.suffix == ".ckpt":
+        self.source = path = model_source(model)  # the file the weights come from
+        if path.suffix == ".ckpt":
             module, cfg = load_checkpoint(path)
             network, self.classes = module.model, tuple(module.class_names)
             self.meta: dict[str, Any] = {"source": str(path), "tta": "none"}
