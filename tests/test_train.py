@@ -125,10 +125,12 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path, caplog, rando
     last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and metrics["epochs"] == 3
     assert last["global_step"] == 3 * first["global_step"] == 3 * 7
-    assert 1000 < metrics["fit_seconds_total"] < 1000 + metrics["fit_seconds"] + 0.2  # rounding
+    # the first sitting's 1000 s are carried (a fast machine may train the second sitting in
+    # well under a second, so the rounded totals may read exactly 1000)
+    assert 1000 <= metrics["fit_seconds_total"] <= 1000 + metrics["fit_seconds"] + 0.2
     # the last epoch's line counts both sittings (however slow the epochs on a loaded machine)
     logged = re.search(r"epoch 3/3 \d+s \(training (\d+)s in all\) train/loss_epoch=", caplog.text)
-    assert logged and 1000 < int(logged[1]) <= metrics["fit_seconds_total"] + 0.5
+    assert logged and 1000 <= int(logged[1]) <= metrics["fit_seconds_total"] + 0.5
     # the one-cycle schedule carried on where it stopped and ran to its end
     uninterrupted = train(_short_cfg(make_cfg, tmp_path / "straight", ["test=false"]))
     assert metrics["train/lr"] == pytest.approx(uninterrupted["train/lr"])
