@@ -41,11 +41,10 @@ import torch
 from matplotlib import cbook
 from PIL import Image
 
-from ferlab import EmotionRecognizer
+from ferlab import EmotionRecognizer, artifacts
+from ferlab.artifacts import SHIPPED_MODELS
 from ferlab.data import EMOTIONS, load_faces
 from ferlab.inference import HaarDetector
-from ferlab.inference.model_file import load_network
-from ferlab.inference.recognizer import SHIPPED_MODELS
 
 
 def fer_with_litert():
@@ -207,7 +206,8 @@ def main() -> None:
     fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))
     print(f"PrivateTest accuracy: ferlab {ours_acc:.4f}, fer {fer_acc:.4f}")
     # the same with the batch norms left unfolded (the network as stored): 5 alternating rounds
-    stored = load_network(ours.source).to(ours.device).to(memory_format=torch.channels_last)
+    stored = artifacts.load(ours.source).network.to(ours.device).to(
+        memory_format=torch.channels_last)
     networks, sample = {"folded": ours.network, "unfolded": stored}, faces[:1024]
     rates: dict[str, list[float]] = {name: [] for name in networks}
     for _ in range(5):

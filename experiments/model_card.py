@@ -16,11 +16,11 @@ import torch
 import yaml
 from record import stages, train_seconds  # experiments/record.py, beside this script
 
-from ferlab.inference.recognizer import SHIPPED_MODELS
+from ferlab.artifacts import SHIPPED_MODELS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# each model shipped in src/ferlab/weights (ferlab.inference.recognizer.SHIPPED_MODELS) and its card
+# each model shipped in src/ferlab/weights (ferlab.artifacts.SHIPPED_MODELS) and its card
 CARDS = {"default": "MODEL_CARD.md", "cpu-trained": "MODEL_CARD_CPU.md"}
 
 

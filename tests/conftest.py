@@ -110,3 +110,19 @@ def portrait():
 
     with cbook.get_sample_data("grace_hopper.jpg") as handle:
         return np.asarray(Image.open(handle).convert("RGB"))
+
+
+def trained_module(path):
+    """The LightningModule and run config of a checkpoint a test trained itself. ferlab never
+    rebuilds a module from a file (its config could name any code); a test may, for its own."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from ferlab.artifacts import CONFIG_KEY, find_checkpoint
+
+    checkpoint = torch.load(find_checkpoint(path), weights_only=True)
+    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    module = instantiate(cfg.module, model=instantiate(cfg.model), teacher=None)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval(), cfg

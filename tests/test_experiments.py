@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ferlab.inference.recognizer import SHIPPED_MODELS
+from ferlab.artifacts import SHIPPED_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,7 @@ import stat
 
 import pytest
 
-from ferlab.checkpoint import write_json
-from ferlab.files import atomic_write
+from ferlab.files import atomic_write, write_json
 
 
 def _mode(path):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from ferlab.data.transforms import tta_views
+from ferlab.inference.recognizer import predict_probabilities
 from ferlab.models import VGG
-from ferlab.module import EmotionModule, distillation_loss, predict_probabilities
+from ferlab.module import EmotionModule, distillation_loss
 
 
 class _FakeTrainer:
@@ -75,13 +76,6 @@ def test_channels_last_gives_same_outputs():
     reference = net(x)
     module = EmotionModule(net, channels_last=True).eval()
     assert torch.allclose(module(x), reference, atol=1e-5)
-
-
-def test_predict_step_returns_probabilities():
-    module = _module().eval()
-    probs, labels = module.predict_step((torch.randn(3, 1, 48, 48), torch.tensor([0, 1, 2])), 0)
-    assert probs.shape == (3, 7)
-    assert torch.allclose(probs.sum(1), torch.ones(3))
 
 
 @pytest.mark.parametrize("tta", ["flip", "tencrop"])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ferlab import EmotionRecognizer
+from ferlab.artifacts import shipped_model_path
 from ferlab.data import load_faces
-from ferlab.inference.recognizer import shipped_model_path
 from tests.conftest import REAL_DATA, USER_CACHE, requires_real_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,11 +19,13 @@ from lightning import Callback
 from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ferlab.checkpoint import RANDOM_STATE_KEY, load_checkpoint
+from ferlab import artifacts
+from ferlab.checkpoint import RANDOM_STATE_KEY
 from ferlab.config import with_run_overrides
 from ferlab.data import EMOTIONS
 from ferlab.evaluate import evaluate
 from ferlab.train import train
+from tests.conftest import trained_module
 from tests.models.test_models import MODEL_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,10 +320,12 @@ def test_init_from_a_file_that_is_not_a_model(make_cfg, tmp_path):
 def test_checkpoint_restores_model_and_config(make_cfg, tmp_path):
     out = tmp_path / "run"
     train(_short_cfg(make_cfg, out, ["trainer.max_epochs=1", "test=false"]))
-    module, cfg = load_checkpoint(out)
-    assert cfg.model._target_ == "ferlab.models.VGG" and not module.training
+    loaded = artifacts.load(out)
+    assert loaded.meta["model"]["_target_"] == "ferlab.models.VGG" and not loaded.network.training
+    assert loaded.file == out / "checkpoints/last.ckpt" and loaded.classes == EMOTIONS
     state = torch.load(out / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items())
+    network = loaded.network.state_dict()
+    assert all(torch.equal(v, network[k.removeprefix("model.")]) for k, v in state.items())
 
 
 def test_evaluate_writes_report(make_cfg, tmp_path, csv_root):
@@ -358,8 +362,8 @@ def test_evaluate_takes_a_shipped_model_by_name_and_asks_for_a_missing_one(tmp_p
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from ferlab.artifacts import shipped_model_path
     from ferlab.config import CONFIG_DIR
-    from ferlab.inference.recognizer import shipped_model_path
 
     def cfg(*overrides):
         GlobalHydra.instance().clear()
@@ -521,27 +525,31 @@ def test_every_experiment_config_trains_and_restores(make_cfg, tmp_path, experim
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     best = metrics["test/ckpt"]
-    module, saved = load_checkpoint(best)
-    assert saved.name == cfg.name
+    loaded = artifacts.load(best)
+    assert loaded.meta["recipe"]["name"] == cfg.name
     # the restored weights are the ones that were tested (EMA weights where EMA is on)
     ckpt = torch.load(best, weights_only=True)
-    assert all(torch.equal(v, module.state_dict()[k]) for k, v in ckpt["state_dict"].items())
-    assert load_checkpoint(out)[1].name == cfg.name  # the run directory's last.ckpt
+    network = loaded.network.state_dict()
+    assert all(torch.equal(v, network[k.removeprefix("model.")])
+               for k, v in ckpt["state_dict"].items())
+    # the run directory's last.ckpt
+    recipe = {**loaded.meta["recipe"], "checkpoint": "last.ckpt"}
+    assert artifacts.load(out).meta["recipe"] == recipe
 
 
-def test_load_checkpoint_rejects_other_files(tmp_path):
+def test_loading_a_checkpoint_rejects_other_files(tmp_path):
     (tmp_path / "x.ckpt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        load_checkpoint(tmp_path / "x.ckpt")
+        artifacts.load(tmp_path / "x.ckpt")
     torch.save({"state_dict": {}, "where": Path("elsewhere")}, tmp_path / "pickled.ckpt")
     with pytest.raises(ValueError, match="never unpickles") as refused:
-        load_checkpoint(tmp_path / "pickled.ckpt")
+        artifacts.load(tmp_path / "pickled.ckpt")
     assert "weights_only=False" not in str(refused.value)  # torch's advice, unsafe here
     torch.save({"state_dict": {}}, tmp_path / "y.ckpt")
     with pytest.raises(ValueError, match="not written by ferlab.train"):
-        load_checkpoint(tmp_path / "y.ckpt")
+        artifacts.load(tmp_path / "y.ckpt")
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
-        load_checkpoint(tmp_path)
+        artifacts.load(tmp_path)
 
 
 def test_evaluate_on_a_labelled_folder(make_cfg, tmp_path, faces):
@@ -592,8 +600,8 @@ def test_ema_checkpoints_hold_the_averaged_weights_and_resume(make_cfg, tmp_path
     assert averaged.keys() == trained.keys()
     assert not all(torch.equal(averaged[k], trained[k]) for k in averaged)
     # evaluate / export / init_from read the averaged network
-    module, _ = load_checkpoint(out / "checkpoints/last.ckpt")
-    assert all(torch.equal(v, module.state_dict()[k]) for k, v in averaged.items())
+    network = artifacts.load(out / "checkpoints/last.ckpt").network.state_dict()
+    assert all(torch.equal(v, network[k.removeprefix("model.")]) for k, v in averaged.items())
 
     cfg = _short_cfg(make_cfg, out, ["callbacks=ema", "callbacks.ema.decay=0.9", "test=false",
                                      f"resume={out}"])
@@ -613,7 +621,7 @@ def test_ema_run_is_tested_on_the_averaged_weights(make_cfg, tmp_path):
     out = tmp_path / "run"
     metrics = train(_short_cfg(make_cfg, out, ["callbacks=ema", "callbacks.ema.decay=0.5"]))
     best = Path(metrics["test/ckpt"])
-    module, cfg = load_checkpoint(best)
+    module, cfg = trained_module(best)
 
     def test_loss(state_dict) -> float:
         module.load_state_dict(state_dict)
@@ -655,8 +663,9 @@ def test_distillation_trains_without_keeping_the_teacher(make_cfg, tmp_path, tin
     assert all(k.startswith("model.") for k in saved["state_dict"]) and \
         not any("teacher" in k for k in saved["state_dict"])
     Path(teacher).unlink()  # the trained network restores without its teacher
-    module, cfg = load_checkpoint(out / "checkpoints/last.ckpt")
+    module, cfg = trained_module(out / "checkpoints/last.ckpt")
     assert cfg.module.teacher == str(teacher) and not module._teacher
+    assert artifacts.load(out).classes == EMOTIONS
 
 
 def test_distillation_from_a_bad_teacher_is_explained(make_cfg, tmp_path, tiny_model_file):

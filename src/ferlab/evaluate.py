@@ -20,16 +20,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab.checkpoint import write_json
+from ferlab.artifacts import SHIPPED_MODELS
 from ferlab.config import CONFIG_DIR
 from ferlab.data import SPLITS, load_faces, remap_labels, to_face
 from ferlab.data.duplicates import duplicated_in
 from ferlab.data.folders import read_labelled_folder
 from ferlab.data.labels import EMOTIONS, class_names, label_map
 from ferlab.data.sources import DataFormatError
+from ferlab.files import write_json
 from ferlab.inference.detect import make_detector
 from ferlab.inference.images import ImageError, read_image
-from ferlab.inference.recognizer import SHIPPED_MODELS, EmotionRecognizer
+from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.metrics import evaluation_metrics, fold_probabilities
 from ferlab.report import markdown, save_figures
 

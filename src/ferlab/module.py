@@ -16,7 +16,6 @@ from torchmetrics import MaxMetric
 from torchvision.transforms import v2
 
 from ferlab.data.labels import EMOTIONS, class_names
-from ferlab.data.transforms import TTA_MODES, tta_views
 from ferlab.metrics import (
     classification_metrics,
     confusion_figure,
@@ -67,7 +66,6 @@ class EmotionModule(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
         channels_last: bool = False,
-        tta: str = "none",
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
@@ -94,9 +92,6 @@ class EmotionModule(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {TTA_MODES}; got {tta!r}.")
-        self.tta = tta  # test-time augmentation of predict_step (evaluation)
         self.mix, self.mix_prob = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
         if teacher is not None and getattr(teacher, "num_classes", num_classes) != num_classes:
             raise ValueError(f"The teacher predicts {teacher.num_classes} classes, this run "
@@ -178,11 +173,6 @@ class EmotionModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities (B, C), averaged over the test-time views, and the labels."""
-        x, y = batch
-        return predict_probabilities(self, x, self.tta), y
 
     # --- epoch ends ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -309,15 +299,3 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
                     F.log_softmax(teacher_logits.float() / t, dim=1),
                     reduction="batchmean", log_target=True) * t * t
-
-
-def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                          tta: str = "none") -> torch.Tensor:
-    """Softmax probabilities (B, C) of a preprocessed batch, averaged over test-time views.
-    Views go through the network as one batch while that stays small (one call is much
-    cheaper than several for the few faces of a photo)."""
-    views = tta_views(x, tta)
-    if len(views) > 1 and len(x) * len(views) <= 1024:
-        logits = network(torch.cat(views)).float().view(len(views), len(x), -1)
-        return torch.softmax(logits, dim=2).mean(0)
-    return sum(torch.softmax(network(v).float(), dim=1) for v in views) / len(views)

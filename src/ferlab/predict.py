@@ -24,13 +24,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ferlab.artifacts import SHIPPED_MODELS
 from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.annotate import annotate
 from ferlab.inference.detect import make_detector
 from ferlab.inference.feature_maps import save_feature_maps
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
-from ferlab.inference.recognizer import PRECISIONS, SHIPPED_MODELS, EmotionRecognizer
+from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
 
 log = logging.getLogger(__name__)
 

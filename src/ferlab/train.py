@@ -17,16 +17,10 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab import artifacts
+from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
 from ferlab.callbacks import find_timer
-from ferlab.checkpoint import (
-    CONFIG_KEY,
-    ConfigInCheckpoint,
-    RandomStateInCheckpoint,
-    find_checkpoint,
-    load_network_weights,
-    read_torch_file,
-    write_json,
-)
+from ferlab.checkpoint import ConfigInCheckpoint, RandomStateInCheckpoint
 from ferlab.config import (
     CONFIG_DIR,
     override_value,
@@ -35,7 +29,7 @@ from ferlab.config import (
     with_run_overrides,
 )
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
-from ferlab.inference.model_file import load_network
+from ferlab.files import write_json
 from ferlab.precision import slow_bf16_reason
 
 log = logging.getLogger(__name__)
@@ -53,6 +47,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     if not cfg.get("resume"):
         refuse_to_overwrite(output_dir)
+    resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
+    resumed = _read_resumed_checkpoint(resume) if resume is not None else None
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, model=instantiate(cfg.model),
@@ -76,9 +72,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Model %s with %d parameters; output in %s", cfg.model._target_,
              module.num_parameters(), output_dir)
 
-    resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
     if resume is not None:
-        _check_resume(resume, cfg, timer)
+        _check_resume(resume, resumed, cfg, timer)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
@@ -158,7 +153,7 @@ def _check_precision(trainer: L.Trainer, cfg: DictConfig) -> None:
 def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:
     """Start from another run's trained weights (a warm restart or fine-tune); the optimiser,
     schedule and epoch count start afresh."""
-    weights, source_cfg = load_network_weights(source)
+    weights, source_cfg, _ = artifacts.read_network_weights(source)
     try:
         network.load_state_dict(weights)
     except RuntimeError as err:
@@ -175,7 +170,7 @@ def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | Non
     if not source:
         return None
     try:
-        teacher = load_network(source)
+        teacher = artifacts.load(source).network
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"module.teacher={source} cannot be read as a teacher network: "
                         f"{err}") from err
@@ -202,10 +197,25 @@ def refuse_to_overwrite(output_dir: Path) -> None:
             "(hydra.run.dir=...), or delete it first.")
 
 
-def _check_resume(ckpt_path: Path, cfg: DictConfig, timer: Timer | None) -> None:
+def _read_resumed_checkpoint(ckpt_path: Path) -> dict:
+    """The checkpoint a resume continues, read before anything is built: Lightning reloads
+    only its state, but a stored config naming code outside ferlab's allow-list is refused."""
+    checkpoint = read_torch_file(ckpt_path, "PyTorch checkpoint")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{ckpt_path} is not a training checkpoint (no state_dict); resume= "
+                         "continues runs written by ferlab.train.")
+    saved = checkpoint.get(CONFIG_KEY)
+    if isinstance(saved, dict):
+        for group in artifacts.DESCRIBING_GROUPS:
+            artifacts.check_targets(saved.get(group), ckpt_path, group)
+    return checkpoint
+
+
+def _check_resume(ckpt_path: Path, checkpoint: dict, cfg: DictConfig,
+                  timer: Timer | None) -> None:
     """Refuse a resume whose training-time budget is already spent (it would stop at once), and
     say which settings differ from the checkpoint's."""
-    checkpoint = read_torch_file(ckpt_path, "PyTorch checkpoint")
+    saved = checkpoint.get(CONFIG_KEY)
     timer_state = next((state for key, state in checkpoint.get("callbacks", {}).items()
                         if key.startswith("Timer")), None)
     if timer is not None and timer_state is not None:
@@ -217,7 +227,7 @@ def _check_resume(ckpt_path: Path, cfg: DictConfig, timer: Timer | None) -> None
                 f"timer's duration ({elapsed + timer.time_remaining():.0f} s), so the resumed run "
                 "would stop at once. Give a later callbacks.timer.duration (it counts all "
                 "sittings, DD:HH:MM:SS) or callbacks.timer.duration=null.")
-    _warn_config_changes(checkpoint.get(CONFIG_KEY), cfg, ckpt_path)
+    _warn_config_changes(saved if isinstance(saved, dict) else None, cfg, ckpt_path)
 
 
 def _warn_config_changes(saved: dict | None, cfg: DictConfig, ckpt_path: Path) -> None:

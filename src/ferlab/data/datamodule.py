@@ -63,7 +63,6 @@ class FER2013DataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.datasets: dict[str, FaceBatches] = {}
-        self.predict_split = "test"  # the split that predict_dataloader serves
 
     def prepare_data(self) -> None:
         load_faces(self.root, self.cache_dir)  # decodes once and writes the cache
@@ -115,9 +114,6 @@ class FER2013DataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         faces, labels = batch

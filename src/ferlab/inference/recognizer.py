@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from importlib import resources
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ferlab.checkpoint import find_checkpoint, load_checkpoint
-from ferlab.data.transforms import TTA_MODES, preprocess, to_face
+from ferlab import artifacts
+from ferlab.data.transforms import TTA_MODES, preprocess, to_face, tta_views
 from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_crop_box
 from ferlab.inference.images import as_bgr, read_image, to_grey
-from ferlab.inference.model_file import load_model
 from ferlab.models import fold_batch_norm
-from ferlab.module import predict_probabilities
 from ferlab.precision import slow_bf16_reason
 
 log = logging.getLogger(__name__)
 
-# the models inside the package, by the name EmotionRecognizer(model=...) takes: the default
-# (trained on a GPU) and the one trained and timed on two CPU cores (MODEL_CARD_CPU.md)
-SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013_cpu.pt"}
 PRECISIONS = ("fp32", "bf16")
-
-
-def shipped_model_path(name: str = "default") -> Path:
-    """The file of a model shipped inside the installed package (no download, ever)."""
-    if name not in SHIPPED_MODELS:
-        raise ValueError(f"No shipped model {name!r}; ferlab ships {sorted(SHIPPED_MODELS)}.")
-    return Path(str(resources.files("ferlab") / "weights" / SHIPPED_MODELS[name]))
-
-
-def model_source(model: str | os.PathLike | None) -> Path:
-    """The file behind what ``EmotionRecognizer(model=...)`` takes: a shipped model's name (None
-    for the default), a model file, a checkpoint, or a run directory (its last.ckpt)."""
-    if model is None or model in SHIPPED_MODELS:
-        return shipped_model_path(model or "default")
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"No model file, checkpoint or run directory at {path}; the models shipped with "
-            f"ferlab are named {sorted(SHIPPED_MODELS)}.")
-    return find_checkpoint(path) if path.is_dir() else path
 
 
 class EmotionRecognizer:
@@ -71,14 +44,9 @@ class EmotionRecognizer:
             raise ValueError(f"batch_size must be an integer >= 1 and margin >= 0; got "
                              f"{batch_size!r} and {margin!r}.")
         self.precision = precision
-        self.source = path = model_source(model)  # the file the weights come from
-        if path.suffix == ".ckpt":
-            module, cfg = load_checkpoint(path)
-            network, self.classes = module.model, tuple(module.class_names)
-            self.meta: dict[str, Any] = {"source": str(path), "tta": "none"}
-        else:
-            network, self.meta = load_model(path)
-            self.classes = tuple(self.meta["classes"])
+        artifact = artifacts.load(model)
+        self.source = artifact.file  # the file the weights come from
+        network, self.classes, self.meta = artifact.network, artifact.classes, artifact.meta
         self.tta = tta if tta is not None else self.meta.get("tta", "none")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}; got {self.tta!r}.")
@@ -193,3 +161,15 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"device={name!r}, but PyTorch sees {torch.cuda.device_count()} CUDA "
                          "GPU(s) here, numbered from 0.")
     return device
+
+
+def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                          tta: str = "none") -> torch.Tensor:
+    """Softmax probabilities (B, C) of a preprocessed batch, averaged over test-time views.
+    Views go through the network as one batch while that stays small (one call is much
+    cheaper than several for the few faces of a photo)."""
+    views = tta_views(x, tta)
+    if len(views) > 1 and len(x) * len(views) <= 1024:
+        logits = network(torch.cat(views)).float().view(len(views), len(x), -1)
+        return torch.softmax(logits, dim=2).mean(0)
+    return sum(torch.softmax(network(v).float(), dim=1) for v in views) / len(views)
