@@ -7,10 +7,11 @@ checkpoint (``.ckpt``) or a run directory (its ``checkpoints/last.ckpt``).
 
 Files are read with ``torch.load(weights_only=True)``, so no pickled code runs; and the configs
 stored in them choose no code either. Every ``_target_`` in the parts of a stored config that
-describe the model, its module and its data, at every depth, must be one of ferlab's classes or
-one of the few library classes ferlab's own configs name (:data:`LIBRARY_TARGETS`); the network
-itself is built only from :mod:`ferlab.models`. Anything else is refused, naming the target and
-the file, before anything is called. Nothing but the network is ever instantiated from a file.
+describe the model, its module and its data, at every depth, must be one of the classes that
+ferlab's own configs name (:data:`CONFIG_TARGETS`; not merely any name under ``ferlab.``, which
+would let a file call a ferlab function that writes files); the network itself is built only
+from the networks of :mod:`ferlab.models`. Anything else is refused, naming the target and the
+file, before anything is imported or called. Nothing but the network is ever built from a file.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013
 MODEL_FILE_FORMAT = "ferlab-model/1"
 CONFIG_KEY = "ferlab_config"  # a checkpoint's resolved run config (ferlab.checkpoint writes it)
 
-# The classes outside ferlab that ferlab's own configs (conf/) name; a test keeps the two in step.
-LIBRARY_TARGETS = frozenset({
+# Exactly the classes that ferlab's own configs (conf/) name; a test keeps the two in step.
+CONFIG_TARGETS = frozenset({
+    "ferlab.callbacks.EMA",
+    "ferlab.callbacks.EpochSummary",
+    "ferlab.callbacks.ValidateAtFullSize",
+    "ferlab.data.BatchAugment",
+    "ferlab.data.FER2013DataModule",
+    "ferlab.models.VGG",
+    "ferlab.module.EmotionModule",
     "lightning.pytorch.Trainer",
     "lightning.pytorch.callbacks.EarlyStopping",
     "lightning.pytorch.callbacks.LearningRateMonitor",
@@ -51,7 +59,6 @@ LIBRARY_TARGETS = frozenset({
     "torch.optim.lr_scheduler.OneCycleLR",
     "torch.optim.lr_scheduler.ReduceLROnPlateau",
 })
-NETWORK_PACKAGE = "ferlab.models."
 # the parts of a checkpoint's stored config that describe what was trained; the rest (trainer,
 # callbacks, logger, paths) is the run's plumbing, which no loader reads back
 DESCRIBING_GROUPS = ("model", "module", "data")
@@ -139,16 +146,26 @@ def targets(tree: Any, where: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def is_allowed_target(target: Any) -> bool:
-    """Whether a config may name ``target``: a ferlab class or a library class ferlab's own
-    configs use."""
-    return isinstance(target, str) and (target.startswith("ferlab.") or target in LIBRARY_TARGETS)
+    """Whether a config read from a file may name ``target``: one of the classes that ferlab's
+    own configs name, or a network of ferlab.models."""
+    return isinstance(target, str) and (target in CONFIG_TARGETS or target in network_targets())
+
+
+def network_targets() -> frozenset[str]:
+    """The names a network config may give: the networks of ferlab.models, by their short
+    (``ferlab.models.VGG``) and full (``ferlab.models.vgg.VGG``) names."""
+    import ferlab.models
+
+    classes = [getattr(ferlab.models, n) for n in ferlab.models.__all__]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, nn.Module)]
+    return frozenset({f"ferlab.models.{c.__name__}" for c in classes}
+                     | {f"{c.__module__}.{c.__qualname__}" for c in classes})
 
 
 def check_targets(tree: Any, file: str | os.PathLike, where: str = "",
                   allowed=is_allowed_target, allowed_text: str | None = None) -> None:
     """Refuse a stored config that names any target ``allowed`` rejects, at any depth."""
-    allowed_text = allowed_text or ("its own classes (ferlab.*) and the library classes its "
-                                    "configs use")
+    allowed_text = allowed_text or "the classes its own configs name"
     for path, target in targets(tree, where):
         if not allowed(target):
             raise UnsafeArtifactError(
@@ -162,13 +179,10 @@ def build_network(model_cfg: dict[str, Any], file: str | os.PathLike = "the conf
     if not isinstance(model_cfg, dict) or "_target_" not in model_cfg:
         raise ValueError(f"{file}: its network config is not a config with a _target_ "
                          f"({type(model_cfg).__name__}); it was not written by ferlab.")
-    check_targets(model_cfg, file, "model", allowed=_is_network_target,
-                  allowed_text="networks of ferlab.models")
+    networks = network_targets()
+    check_targets(model_cfg, file, "model", allowed=networks.__contains__,
+                  allowed_text=f"the networks of ferlab.models ({', '.join(sorted(networks))})")
     return instantiate(OmegaConf.create(model_cfg))
-
-
-def _is_network_target(target: Any) -> bool:
-    return isinstance(target, str) and target.startswith(NETWORK_PACKAGE)
 
 
 def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:

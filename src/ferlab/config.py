@@ -6,7 +6,11 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+
+from ferlab.artifacts import is_allowed_target, targets
 
 # conf/ sits at the repository root, beside src/ (the project installs in editable mode).
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -63,11 +67,49 @@ def with_run_overrides(args: list[str]) -> list[str]:
         path = record / "overrides.yaml"
         if path.is_file():
             for override in yaml.safe_load(path.read_text()) or []:
-                saved[override_key(override)] = override
+                saved[override_key(str(override))] = (override, path)
     given = {override_key(a) for a in args if not a.startswith("-")}
-    restored = [o for key, o in saved.items()
-                if key not in given and key not in ("resume", "init_from")]
+    restored = []
+    for key, (override, record) in saved.items():
+        if key not in given and key not in ("resume", "init_from"):
+            check_recorded_override(override, record)
+            restored.append(override)
     return [*args[:at], *restored, *args[at:]]
+
+
+def check_recorded_override(override: object, record: Path) -> None:
+    """Refuse an override recorded in a run directory that could choose code: ``resume=``
+    replays a run's recorded overrides, and a run directory may come from anyone. Such an
+    override may not set Hydra's own settings, name a class outside ferlab's allow-list (as a
+    ``_target_`` at any depth), use an interpolation, or reach outside a config group."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(
+            f"{record} records the override {override!r}, which {why}. resume= replays a run's "
+            "recorded overrides, so a run directory could choose what runs; nothing was started. "
+            "Resume only runs you trust; if you trust this one, give that override on the "
+            "command line yourself (what you type wins over the record).")
+
+    if not isinstance(override, str):
+        raise refuse("is not an override string")
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except HydraException as err:
+        raise refuse(f"Hydra cannot parse ({err})") from None
+    key, value = parsed.key_or_group, parsed.value() if parsed.value_type else None
+    if key.split(".")[0].split("/")[0] == "hydra":
+        raise refuse("sets Hydra's own settings")
+    named = list(targets(value, key))
+    if key.split(".")[-1] == "_target_":
+        named.append((key, value))
+    for where, target in named:
+        if not is_allowed_target(target):
+            raise refuse(f"names {target!r} at {where}, not one of the classes ferlab's own "
+                         "configs name")
+    if "${" in str(value):
+        raise refuse("holds an interpolation")
+    group = (Path(CONFIG_DIR) / key).is_dir()
+    if group and isinstance(value, str) and (".." in value.split("/") or value.startswith("/")):
+        raise refuse("reaches outside its config group")
 
 
 def register_resolvers() -> None:

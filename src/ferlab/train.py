@@ -271,7 +271,8 @@ def _run(cfg: DictConfig) -> float | None:
                  cfg.resume, " ".join(HydraConfig.get().overrides.task))
     try:
         metrics = train(cfg)
-    except (DataNotFoundError, DataFormatError, FileExistsError) as err:
+    except (DataNotFoundError, DataFormatError, FileExistsError,
+            artifacts.UnsafeArtifactError) as err:
         log.error("%s", err)
         sys.exit(2)
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
@@ -294,7 +295,11 @@ def _check_run_directory(args: list[str]) -> None:
 def main() -> None:
     register_resolvers()
     _check_run_directory(sys.argv[1:])
-    sys.argv[1:] = with_run_overrides(sys.argv[1:])  # resume=<run dir> brings its recipe back
+    try:  # resume=<run dir> brings its recipe back
+        sys.argv[1:] = with_run_overrides(sys.argv[1:])
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
 
 
