@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,13 @@ def trained_module(path):
     module = instantiate(cfg.module, model=instantiate(cfg.model), teacher=None)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval(), cfg
+
+
+def run_cli(args: list[str], tmp_path: Path, data: Path | None = None, module="ferlab.train",
+            timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user runs it, in tmp_path, on the given data root."""
+    env = {**os.environ, "FERLAB_CACHE": str(tmp_path / "cache"), **(env or {})}
+    if data is not None:
+        env["FERLAB_DATA"] = str(data)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)

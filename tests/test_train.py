@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from ferlab.config import with_run_overrides
 from ferlab.data import EMOTIONS
 from ferlab.evaluate import evaluate
 from ferlab.train import train
+from tests.conftest import run_cli as _cli
 from tests.conftest import trained_module
 from tests.models.test_models import MODEL_CONFIGS
 
@@ -382,14 +381,6 @@ def test_evaluate_takes_a_shipped_model_by_name_and_asks_for_a_missing_one(tmp_p
 
 # --- the command lines, as a user types them ---------------------------------------------------
 
-def _cli(args: list[str], tmp_path: Path, data: Path | None = None, module="ferlab.train"):
-    env = {**os.environ, "FERLAB_CACHE": str(tmp_path / "cache")}
-    if data is not None:
-        env["FERLAB_DATA"] = str(data)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_cli_without_data_says_where_to_get_it(tmp_path):
     result = _cli([], tmp_path, data=tmp_path / "missing")
     assert result.returncode == 2
@@ -397,17 +388,21 @@ def test_cli_without_data_says_where_to_get_it(tmp_path):
     assert "No FER2013 data" in output and "FERLAB_DATA" in output and "Traceback" not in output
 
 
-def test_cli_multirun_sweep(tmp_path, csv_root):
-    result = _cli(["-m", "model=baseline,vgg9", "model.dropout=0.3,0.5",
-                   "++trainer.fast_dev_run=true",
-                   "callbacks.progress_bar=null", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   "data.batch_size=8"], tmp_path, data=csv_root)
+def test_cli_multirun_sweep_as_the_readme_writes_it(tmp_path, csv_root):
+    """The README's sweep, exactly as written (on the tiny synthetic data): the sweep directory
+    is made before any job has chosen its model, and each job's folder says what it varied."""
+    command = "python -m ferlab.train -m model=baseline,vgg9 model.dropout=0.3,0.5"
+    assert command in (Path(__file__).parents[1] / "README.md").read_text()
+    result = _cli(command.split()[3:], tmp_path, data=csv_root)
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
-    assert len(jobs) == 4
-    overrides = {(tmp_path / "sweep" / p.parent.name / ".hydra/overrides.yaml").read_text()
-                 for p in jobs}
-    assert len(overrides) == 4
+    sweeps = list((tmp_path / "runs/multirun").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.parent.name for p in sweeps[0].glob("*/metrics.json"))
+    assert jobs == ["0_model.dropout=0.3,model=baseline", "1_model.dropout=0.5,model=baseline",
+                    "2_model.dropout=0.3,model=vgg9", "3_model.dropout=0.5,model=vgg9"]
+    for job in jobs:
+        metrics = json.loads((sweeps[0] / job / "metrics.json").read_text())
+        assert metrics["epochs"] == 30 and "test/acc" in metrics
 
 
 def test_cli_run_dir_and_evaluate(tmp_path, csv_root):

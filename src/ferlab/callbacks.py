@@ -29,6 +29,8 @@ class EpochSummary(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # under DDP, one line per epoch, not one per process
+            return
         metrics = trainer.callback_metrics
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics)
         timer = find_timer(trainer.callbacks)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +25,16 @@ def run_dir(resume: str | None, default: str) -> str:
     path = Path(resume).expanduser()
     # a checkpoint file lives in <run dir>/checkpoints/
     return str(path.parent.parent if path.suffix == ".ckpt" else path)
+
+
+def job_subdir(num: int, overrides: str) -> str:
+    """A sweep job's folder: its number and what it overrides, as one path component (a value
+    holding a ``/`` would nest folders) of a length every file system takes."""
+    name = f"{num}_{overrides}" if overrides else str(num)
+    name = re.sub(r"[^\w.,=+\-\[\]]", "_", name)
+    if len(name) > 120:  # the start, and a digest of the whole so that names stay distinct
+        name = f"{name[:110]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def config_subdir(resume: str | None) -> str:
@@ -71,7 +83,8 @@ def with_run_overrides(args: list[str]) -> list[str]:
     given = {override_key(a) for a in args if not a.startswith("-")}
     restored = []
     for key, (override, record) in saved.items():
-        if key not in given and key not in ("resume", "init_from"):
+        # init_from: a resumed run has its weights; hparams_search: a resume is one run
+        if key not in given and key not in ("resume", "init_from", "hparams_search"):
             check_recorded_override(override, record)
             restored.append(override)
     return [*args[:at], *restored, *args[at:]]
@@ -114,6 +127,7 @@ def check_recorded_override(override: object, record: Path) -> None:
 
 def register_resolvers() -> None:
     """Register ferlab's OmegaConf resolvers (idempotent)."""
-    for name, func in (("ferlab.run_dir", run_dir), ("ferlab.config_subdir", config_subdir)):
+    for name, func in (("ferlab.run_dir", run_dir), ("ferlab.config_subdir", config_subdir),
+                       ("ferlab.job_subdir", job_subdir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, func)

@@ -136,12 +136,13 @@ class EmotionModule(L.LightningModule):
             with torch.no_grad():
                 teacher_logits = self._teacher[0](x.contiguous(memory_format=torch.channels_last))
             soft = distillation_loss(logits, teacher_logits, self.distill_temperature)
-            self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(y))
+            self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(y),
+                     sync_dist=True)
             loss = (1 - self.distill_weight) * loss + self.distill_weight * soft
         metrics = self.metrics[f"{stage}_"]
         metrics.update(logits.detach(), y)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
-                 prog_bar=stage != "test", batch_size=len(y))
+                 prog_bar=stage != "test", batch_size=len(y), sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val",
                       batch_size=len(y))
         if stage in EVAL_STAGES:
@@ -212,7 +213,7 @@ class EmotionModule(L.LightningModule):
             self.recall["val_"].reset()
             return
         self.val_acc_best(self.metrics["val_"]["val/acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         self._log_epoch_figures("val")
 
     def on_test_epoch_end(self) -> None:
@@ -223,7 +224,8 @@ class EmotionModule(L.LightningModule):
         recall = self.recall[f"{stage}_"].compute()
         self.confusion[f"{stage}_"].reset()
         self.recall[f"{stage}_"].reset()
-        self.log_dict({f"{stage}/recall/{name}": r for name, r in zip(self.class_names, recall)})
+        self.log_dict({f"{stage}/recall/{name}": r for name, r in zip(self.class_names, recall)},
+                      sync_dist=True)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter

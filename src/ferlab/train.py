@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import warnings
@@ -12,6 +13,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
@@ -81,6 +83,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # testing a checkpoint restores that checkpoint's Timer state
     fit_seconds_total = timer.time_elapsed() if timer is not None else fit_seconds
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    diverged = [k for k, v in metrics.items() if k.endswith("loss") and not math.isfinite(v)]
+    if diverged and not trainer.interrupted:
+        # its accuracies would still read as numbers: a sweep must not rank the run among others
+        write_json(output_dir / "metrics.json", {**metrics, "status": "diverged"})
+        raise FloatingPointError(
+            f"Training diverged: {', '.join(diverged)} is not finite after epoch "
+            f"{trainer.current_epoch}. Lower module.optimizer.lr, or try "
+            f"trainer.gradient_clip_val=1.0; the run's files are in {output_dir}.")
 
     paused = _time_is_up(timer) and trainer.current_epoch < trainer.max_epochs
     if paused:
@@ -103,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "params": module.num_parameters(),
     })
     _log_hparams(trainer, cfg, metrics)
-    write_json(output_dir / "metrics.json", metrics)
+    if trainer.is_global_zero:  # under DDP every process holds the same (reduced) figures
+        write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -271,8 +282,10 @@ def _run(cfg: DictConfig) -> float | None:
                  cfg.resume, " ".join(HydraConfig.get().overrides.task))
     try:
         metrics = train(cfg)
-    except (DataNotFoundError, DataFormatError, FileExistsError,
+    except (DataNotFoundError, DataFormatError, FileExistsError, FloatingPointError,
             artifacts.UnsafeArtifactError) as err:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the job as failed (job.json says why); the sweep goes on
         log.error("%s", err)
         sys.exit(2)
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))

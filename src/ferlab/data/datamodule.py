@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from ferlab.data.cache import load_faces
 from ferlab.data.labels import SPLITS, class_names, remap_labels
@@ -31,6 +38,26 @@ class FaceBatches(Dataset):
 
     def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.faces[index], self.labels[index]
+
+
+class Shard(Sampler[int]):
+    """Every ``world``-th index of another sampler's order, from ``rank`` on: one process's share
+    under DDP. Every process draws the same order (the same seed, the same draws), so the shares
+    are disjoint. ``even`` first drops the last few indices so that every process gets as many
+    (DDP steps in lockstep); otherwise shares differ by at most one and together cover all."""
+
+    def __init__(self, sampler: Sampler[int], world: int, rank: int, even: bool) -> None:
+        self.sampler, self.world, self.rank, self.even = sampler, world, rank, even
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.sampler)
+        if self.even:
+            order = order[:len(order) - len(order) % self.world]
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.world if self.even else len(range(self.rank, n, self.world))
 
 
 class FER2013DataModule(L.LightningDataModule):
@@ -93,13 +120,18 @@ class FER2013DataModule(L.LightningDataModule):
         if not self.datasets:
             raise RuntimeError("Call setup() before asking for a dataloader.")
         data = self.datasets[split]
+        # under DDP each process takes its share itself (trainer use_distributed_sampler=false:
+        # Lightning's own DistributedSampler would undo the batching)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         if shuffle:
+            order = Shard(RandomSampler(data), world, rank, even=True)
             # drop the ragged last batch (batch norm dislikes a batch of one) unless it is all
-            sampler = BatchSampler(RandomSampler(data), self.batch_size,
-                                   drop_last=len(data) > self.batch_size)
+            sampler = BatchSampler(order, self.batch_size, drop_last=len(order) > self.batch_size)
             generator = None  # the global stream, which seed= and resume= set
         else:
-            sampler = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+            order = Shard(SequentialSampler(data), world, rank, even=False)
+            sampler = BatchSampler(order, self.eval_batch_size, drop_last=False)
             # each pass draws a seed from its loader's generator: a private one keeps evaluation
             # off the global stream, so validating or not leaves training's draws unchanged
             generator = torch.Generator().manual_seed(0)
