@@ -58,7 +58,11 @@ def test_results_notebook_runs(make_cfg, tmp_path, csv_root):
         cfg = compose("eval", overrides=[f"ckpt_path={runs / 'baseline'}", "device=cpu",
                                          f"data_root={csv_root}", f"output_dir={tmp_path / 'ev'}"])
     evaluate(cfg)
+    # what a command line records (train(cfg) called directly writes no Hydra record)
+    (runs / "baseline/.hydra").mkdir()
+    (runs / "baseline/.hydra/overrides.yaml").write_text("- model=baseline\n- model.dropout=0.3\n")
     notebook = _execute("results.ipynb", {"FERLAB_RUNS": str(runs),
                                           "FERLAB_REPORT": str(tmp_path / "ev")}, tmp_path)
     outputs = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
     assert "val/acc_best" in outputs and "image/png" in outputs
+    assert "model=baseline model.dropout=0.3" in outputs  # the values a sweep job was given

@@ -22,6 +22,13 @@ from ferlab.sweep import check_search, job_dirs
 from tests.conftest import run_cli
 
 SHORT = ["trainer.max_epochs=1", "data.batch_size=8", "callbacks.progress_bar=null"]
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def _as_written(command: str) -> list[str]:
+    """The arguments of a ``python -m ferlab.train`` command that the README shows."""
+    assert command in README, command
+    return command.split()[3:]
 
 
 def _sweep_dir(tmp_path: Path) -> Path:
@@ -36,8 +43,10 @@ def _hparams_metric(job: Path, tag: str) -> float:
     return events.Scalars(tag)[-1].value
 
 
-def test_dropout_grid(tmp_path, csv_root):
-    result = run_cli(["hparams_search=dropout_grid", *SHORT, "test=false"], tmp_path, csv_root)
+def test_dropout_grid_as_the_readme_writes_it(tmp_path, csv_root):
+    result = run_cli(_as_written(
+        "python -m ferlab.train hparams_search=dropout_grid trainer.max_epochs=5"), tmp_path,
+        csv_root)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     summary = pd.read_csv(sweep / "summary.csv")
@@ -59,14 +68,14 @@ def test_dropout_grid(tmp_path, csv_root):
     assert (sweep / "summary.png").stat().st_size > 1000
 
 
-OPTUNA = ["-m", "hparams_search=optuna", "model=baseline", "++trainer.max_epochs=1",
-          "++trainer.limit_train_batches=5", "++trainer.limit_val_batches=2", "test=false",
-          "data.batch_size=8", "callbacks.progress_bar=null"]
+OPTUNA = _as_written("python -m ferlab.train -m hparams_search=optuna hydra.sweeper.n_trials=3 "
+                     "model=baseline ++trainer.max_epochs=1 ++trainer.limit_train_batches=5 "
+                     "++trainer.limit_val_batches=2 test=false")
 
 
-def test_optuna_search_of_three_trials(tmp_path, csv_root):
-    """The issue's command, on synthetic data: three TPE trials, each returning val/acc_best."""
-    result = run_cli([*OPTUNA, "hydra.sweeper.n_trials=3"], tmp_path, csv_root)
+def test_optuna_search_of_three_trials_as_the_readme_writes_it(tmp_path, csv_root):
+    """Three TPE trials, each returning val/acc_best."""
+    result = run_cli(OPTUNA, tmp_path, csv_root)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     assert len(job_dirs(sweep)) == 3
@@ -199,6 +208,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, csv_root):
     run = tmp_path / "ddp"
     result = run_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                       "model=baseline", "trainer.max_epochs=1", "data.batch_size=4",
+                      "module/scheduler=none",  # resumed below for a second epoch
                       "callbacks.progress_bar=null", "test=false", f"hydra.run.dir={run}"],
                      tmp_path, csv_root)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -210,6 +220,12 @@ def test_ddp_on_two_cpu_processes(tmp_path, csv_root):
     assert metrics["val/acc"] == pytest.approx(float(np.mean(probs.argmax(1) == val.labels)))
     log = (run / "train.log").read_text()
     assert log.count("epoch 1/1") == 1
+    # resume= continues it, still in two processes and in the same directory
+    result = run_cli([f"resume={run}", "trainer.max_epochs=2"], tmp_path, csv_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert "trainer.devices=2" in result.stdout + result.stderr + (run / "train.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["ddp"]
 
 
 def test_submitit_local_multirun(tmp_path, csv_root):

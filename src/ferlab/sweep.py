@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shlex
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,9 @@ def _optuna_plots(sweep_dir: Path, sweeper: dict, table: pd.DataFrame, swept: li
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return []
-    ax = optuna_plots.plot_optimization_history(study)
+    with warnings.catch_warnings():  # "experimental": the plot's interface, not its figures
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna_plots.plot_optimization_history(study)
     paths = [sweep_dir / "optuna_history.png"]
     ax.figure.tight_layout()
     ax.figure.savefig(paths[0], dpi=100)
