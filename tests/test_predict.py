@@ -65,7 +65,8 @@ def test_mixed_folder_records_summary_and_status(mixed_folder, tiny_model_file, 
     assert by_source["wall.png"] == [{"source": str(mixed_folder / "sub/wall.png"),
                                       "status": "no_face"}]
     for bad, reason in [("truncated.jpg", "corrupt or truncated"), ("empty.jpg", "empty"),
-                        ("notes.txt", "not a supported image"), ("nope.jpg", "no such file")]:
+                        ("notes.txt", "not an image in a format Pillow reads"),
+                        ("nope.jpg", "no such file")]:
         (record,) = by_source[bad]
         assert record["status"] == "error" and reason in record["error"], record
         assert bad in err

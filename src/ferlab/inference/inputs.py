@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
                             ".wmv"})
@@ -76,6 +79,8 @@ def read_video(path: Path, sample_fps: float = 1.0) -> tuple[Iterator[Frame], fl
     """Frames sampled at about ``sample_fps`` per second, and the video's own frame rate."""
     if sample_fps <= 0:
         raise ValueError(f"The sampling rate must be positive; got {sample_fps}.")
+    if not Path(path).is_file():  # a named pipe would block the whole batch
+        raise VideoError(f"{path}: not a regular file (a pipe, socket or device); not read.")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         capture.release()
@@ -84,6 +89,7 @@ def read_video(path: Path, sample_fps: float = 1.0) -> tuple[Iterator[Frame], fl
     if fps <= 0 or not np.isfinite(fps):
         fps = 25.0  # containers without a rate: assume a common one
     step = max(1, round(fps / sample_fps))
+    expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # the container's count, if any
 
     def frames() -> Iterator[Frame]:
         index = 0
@@ -99,5 +105,8 @@ def read_video(path: Path, sample_fps: float = 1.0) -> tuple[Iterator[Frame], fl
             capture.release()
         if index == 0:
             raise VideoError(f"{path}: no frame could be decoded.")
+        if index < expected:
+            log.warning("%s: read %d of the %d frames its container lists; the rest could not "
+                        "be decoded (a truncated or damaged file?).", path, index, expected)
 
     return frames(), fps
