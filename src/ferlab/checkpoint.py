@@ -11,14 +11,30 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from ferlab.artifacts import CONFIG_KEY
+from ferlab.files import atomic_write
 
 RANDOM_STATE_KEY = "ferlab_random_state"
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all: into a temporary file in the checkpoint's own
+    directory, flushed to disk, then renamed over the old one. A kill at any moment leaves the
+    previous checkpoint or the new one. (Lightning's own writer goes through a temporary file in
+    $TMPDIR; where that is another file system, the final move is a copy that a kill cuts.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options; got "
+                            f"{storage_options!r}.")
+        with atomic_write(path, "wb") as handle:
+            torch.save(checkpoint, handle)
 
 
 class ConfigInCheckpoint(L.Callback):

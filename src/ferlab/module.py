@@ -110,7 +110,9 @@ class EmotionModule(L.LightningModule):
             {f"{s}_": confusion_matrix(num_classes) for s in EVAL_STAGES}
         )
         self.recall = nn.ModuleDict({f"{s}_": per_class_recall(num_classes) for s in EVAL_STAGES})
+        # in the checkpoints, so that a resumed run's best counts every sitting, not the last
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, C) logits
         if self.channels_last:
@@ -203,9 +205,14 @@ class EmotionModule(L.LightningModule):
         finally:
             self.model.train(was_training)
 
-    def on_train_start(self) -> None:
-        # the sanity check must not count towards the best validation accuracy
-        self.val_acc_best.reset()
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        missing = {f"val_acc_best.{k}": v for k, v in self.val_acc_best.state_dict().items()
+                   if f"val_acc_best.{k}" not in state}
+        if missing and self._trainer is not None and self._trainer.training:
+            log.warning("The checkpoint holds no best validation accuracy (written before ferlab "
+                        "stored it): val/acc_best counts this sitting's epochs only.")
+        state.update(missing)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
@@ -17,38 +21,48 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab import artifacts
+from ferlab import artifacts, rundir
 from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
 from ferlab.callbacks import find_timer
-from ferlab.checkpoint import ConfigInCheckpoint, RandomStateInCheckpoint
+from ferlab.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RandomStateInCheckpoint
 from ferlab.config import (
     CONFIG_DIR,
+    override_key,
     override_value,
     register_resolvers,
     resume_argument,
+    run_dir,
     with_run_overrides,
 )
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
-from ferlab.files import write_json
+from ferlab.files import remove_stale_temps, write_json
 from ferlab.precision import slow_bf16_reason
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and optionally test) the configured model; return the final metrics."""
+    """Fit (and optionally test) the configured model; return the final metrics. The run
+    directory is locked for the run's life: a second run there is refused."""
     locate(cfg.data.root)  # fail fast, with where-to-get-it, before building anything
     if cfg.get("resume") and cfg.get("init_from"):
         raise ValueError("Set resume (continue a run: weights, optimiser, schedule, epoch) or "
                          "init_from (a new run starting from trained weights), not both.")
+    output_dir = Path(cfg.paths.output_dir)
+    with rundir.hold(output_dir):
+        if not cfg.get("resume"):
+            refuse_to_overwrite(output_dir)
+        remove_stale_temps(output_dir / "checkpoints")  # a writer killed mid-checkpoint
+        return _train(cfg, output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
-    output_dir = Path(cfg.paths.output_dir)
-    if not cfg.get("resume"):
-        refuse_to_overwrite(output_dir)
     resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
     resumed = _read_resumed_checkpoint(resume) if resume is not None else None
 
@@ -64,7 +78,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     timer = find_timer(callbacks)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                          enable_progress_bar=progress_bar, **_validation_setting(cfg, callbacks))
+                          enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()],
+                          **_validation_setting(cfg, callbacks))
     _check_precision(trainer, cfg)
 
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
@@ -76,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if resume is not None:
         _check_resume(resume, resumed, cfg, timer)
+        _check_resumed_network(resume, resumed, module, cfg)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
@@ -241,6 +257,33 @@ def _check_resume(ckpt_path: Path, checkpoint: dict, cfg: DictConfig,
     _warn_config_changes(saved if isinstance(saved, dict) else None, cfg, ckpt_path)
 
 
+def _check_resumed_network(ckpt_path: Path, checkpoint: dict, module: torch.nn.Module,
+                           cfg: DictConfig) -> None:
+    """Refuse a resume whose config builds another network than the checkpoint's, naming the
+    settings that differ and the overrides of this command that changed them."""
+    stored = checkpoint["state_dict"]
+    built = module.state_dict()
+    differ = sorted(k for k in set(stored) | set(built) if k.startswith("model.") and (
+        k not in stored or k not in built or stored[k].shape != built[k].shape))
+    if not differ:
+        return
+    saved = checkpoint.get(CONFIG_KEY)
+    before = _flatten(saved) if isinstance(saved, dict) else {}
+    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    settings = [k for k in sorted(set(before) | set(now)) if k.split(".")[0] in ("model", "data")
+                and before.get(k) != now.get(k)]
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    culprits = [o for o in given if override_key(o) not in ("resume",) and any(
+        s == override_key(o) or s.startswith(override_key(o).split("/")[0] + ".")
+        for s in settings)]
+    raise ValueError(
+        f"resume={ckpt_path}: the checkpoint holds another network than this command builds "
+        f"({len(differ)} weight(s) differ, e.g. {differ[0]}). The settings that differ: "
+        + ("; ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in settings) or "none recorded")
+        + (f". Drop {' '.join(culprits)}: a resumed run keeps its own network."
+           if culprits else "."))
+
+
 def _warn_config_changes(saved: dict | None, cfg: DictConfig, ckpt_path: Path) -> None:
     """A resumed run should use the original config; say which settings differ."""
     if saved is None:
@@ -282,27 +325,55 @@ def _run(cfg: DictConfig) -> float | None:
                  cfg.resume, " ".join(HydraConfig.get().overrides.task))
     try:
         metrics = train(cfg)
-    except (DataNotFoundError, DataFormatError, FileExistsError, FloatingPointError,
-            artifacts.UnsafeArtifactError) as err:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the job as failed (job.json says why); the sweep goes on
+    except BaseException as err:
+        if cfg.get("resume"):
+            _forget_this_sitting()
+        sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if sweep or not isinstance(err, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # a sweep: Hydra records the job as failed (job.json says why) and goes on
         log.error("%s", err)
         sys.exit(2)
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 
 
+# what a user's command or files can cause: a message and exit status 2, no traceback
+# (HYDRA_FULL_ERROR=1 shows it)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, DataFormatError, DataNotFoundError,
+               rundir.RunDirectoryInUse, MisconfigurationException)
+
+
+def _forget_this_sitting() -> None:
+    """A resume that fails leaves no record: its .hydra-resumed-* folder would be replayed by
+    every later resume= of the run."""
+    if not HydraConfig.initialized() or not HydraConfig.get().output_subdir:
+        return
+    record = Path(HydraConfig.get().runtime.output_dir) / HydraConfig.get().output_subdir
+    if record.name.startswith(".hydra-resumed-") and record.is_dir():
+        shutil.rmtree(record)
+
+
+_HELD = ExitStack()  # the run directory's lock, taken before Hydra writes there, till exit
+atexit.register(_HELD.close)
+
+
 def _check_run_directory(args: list[str]) -> None:
     """Before Hydra writes its record into the run directory: resume= must name a run (a
-    mistyped path must not get a directory), and a new run's hydra.run.dir must not hold one."""
+    mistyped path must not get a directory), a new run's hydra.run.dir must not hold one, and
+    no other process may be running there (its lock is taken now and held to the end)."""
     if "-m" in args or "--multirun" in args:
         return  # sweep jobs are checked by train() itself
+    resume = resume_argument(args)
     try:
-        if (resume := resume_argument(args)) is not None:
+        if resume is not None:
+            run = Path(run_dir(resume, ""))
             find_checkpoint(resume)
+            _HELD.enter_context(rundir.hold(run))
         elif (run := override_value(args, "hydra.run.dir")) is not None:
             refuse_to_overwrite(Path(run))
-    except (FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"error: resume={resume}: {err}" if resume else f"error: {err}")
+            _HELD.enter_context(rundir.hold(Path(run)))
+    except (FileNotFoundError, FileExistsError, rundir.RunDirectoryInUse) as err:
+        print(f"error: resume={resume}: {err}" if resume else f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlab.data.sources import FaceTable, locate
-from ferlab.files import atomic_write
+from ferlab.files import atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def _write_atomically(cache_file: Path, table: FaceTable) -> bool:
     """Write to a temporary file and rename, so a killed run never leaves a half-written cache;
     whether the cache was written."""
     try:
+        if cache_file.parent.is_dir():  # a decode killed halfway left its temporary file
+            remove_stale_temps(cache_file.parent)
         with atomic_write(cache_file, "wb") as handle:
             np.savez(handle, faces=table.faces, labels=table.labels, splits=table.splits,
                      sources=table.sources)
