@@ -170,7 +170,9 @@ def test_teacher_is_frozen_and_outside_the_module_state():
     module = _module(teacher=teacher)
     teacher_ids = {id(p) for p in teacher.parameters()}
     assert not teacher_ids & {id(p) for p in module.parameters()}
-    assert all(k.startswith("model.") for k in module.state_dict())
+    # the network, and the best validation accuracy so far (carried through resume=)
+    assert set(module.state_dict()) == {f"model.{k}" for k in module.model.state_dict()} | {
+        "val_acc_best.max_value"}
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     with pytest.raises(ValueError, match="teacher predicts 6 classes, this run 7"):
         _module(teacher=VGG(num_classes=6, stages=[[4]], hidden=[8]))

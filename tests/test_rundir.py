@@ -153,3 +153,28 @@ def test_the_lock_refuses_a_second_process_even_before_any_checkpoint(tmp_path):
     with rundir.hold(tmp_path), rundir.hold(tmp_path):  # free again; re-entrant in a process
         assert json.loads((tmp_path / ".ferlab.lock.json").read_text())["pid"] == os.getpid()
     assert not (tmp_path / ".ferlab.lock.json").exists()
+
+
+def test_a_killed_and_resumed_run_reports_what_the_uninterrupted_one_does(tmp_path, csv_root):
+    """kill -9 mid-run, resume=: metrics.json equals the uninterrupted run's (timings apart),
+    val/acc_best included, which counts every sitting's epochs."""
+    args = [*QUICK, "trainer.max_epochs=20", "data.batch_size=8"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    result = run_cli([*args, f"hydra.run.dir={straight}"], tmp_path, csv_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    process = _start([*args, f"hydra.run.dir={cut}"], tmp_path, csv_root)
+    log = cut / "train.log"
+    try:
+        _wait_for(lambda: log.is_file() and "epoch 6/20" in log.read_text(), "epoch 6", process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (cut / "metrics.json").exists()  # it really was cut off
+    result = run_cli([f"resume={cut}"], tmp_path, csv_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def figures(run: Path) -> dict:
+        metrics = json.loads((run / "metrics.json").read_text())
+        return {k: v for k, v in metrics.items() if not k.startswith("fit_seconds")}
+
+    assert figures(cut) == figures(straight)

@@ -266,7 +266,13 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    return run(build_parser().parse_args(argv))
+    try:
+        return run(build_parser().parse_args(argv))
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # a refused option or model: its message, status 2
+            print(stop.code, file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ objective) into every job's folder, also for a job that failed; and at the end o
 writes the summary. :func:`summarize` builds the summary from the folders alone, so
 ``python -m ferlab.summarize <sweep dir>`` rebuilds it for any sweep, finished or cut off.
 
-The summary is ``summary.csv`` and ``summary.md`` (one row per job: its overrides, final metrics,
-training time and status, best first, and the command that reruns the best job), and
-``summary.png`` (the objective against each swept parameter); for an Optuna search also
-``optuna_history.png`` and ``optuna_importances.png``, from Optuna's own plots.
+The summary, rewritten as each job ends, is ``summary.csv`` and ``summary.md`` (one row per
+job: its overrides, final metrics, training time and status, best first, and the command that
+reruns the best job), and ``summary.png`` (the objective against each swept parameter); for
+an Optuna search also ``optuna_history.png`` and ``optuna_importances.png`` (Optuna's figures).
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ class SweepCallback(Callback):
         if record["status"] == "failed":
             record["error"] = f"{type(value).__name__}: {value}"
         write_json(output / JOB_RECORD, record)
+        # the summary so far: a sweep that is cut off (or still running) has one
+        summarize(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

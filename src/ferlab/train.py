@@ -378,12 +378,13 @@ def _check_run_directory(args: list[str]) -> None:
 
 def main() -> None:
     register_resolvers()
-    _check_run_directory(sys.argv[1:])
-    try:  # resume=<run dir> brings its recipe back
-        sys.argv[1:] = with_run_overrides(sys.argv[1:])
+    try:  # resume=<run dir> brings its recipe back (checked before anything is written)
+        args = with_run_overrides(sys.argv[1:])
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    _check_run_directory(sys.argv[1:])
+    sys.argv[1:] = args
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_run)()
 
 
