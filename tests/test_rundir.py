@@ -178,3 +178,14 @@ def test_a_killed_and_resumed_run_reports_what_the_uninterrupted_one_does(tmp_pa
         return {k: v for k, v in metrics.items() if not k.startswith("fit_seconds")}
 
     assert figures(cut) == figures(straight)
+
+
+def test_a_resumed_sittings_record_keeps_one_name():
+    """Hydra resolves hydra.output_subdir whenever it is read: the name must not move with the
+    clock, or a failed resume would remove another folder than the one it wrote."""
+    from ferlab.config import config_subdir
+
+    first = config_subdir("runs/x")
+    time.sleep(1.1)
+    assert config_subdir("runs/x") == first and first.startswith(".hydra-resumed-")
+    assert config_subdir(None) == ".hydra"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import datetime
@@ -38,10 +39,17 @@ def job_subdir(num: int, overrides: str) -> str:
 
 
 def config_subdir(resume: str | None) -> str:
-    """Hydra's record folder; a resumed run keeps the original run's record untouched."""
+    """Hydra's record folder; a resumed run keeps the original run's record untouched. The
+    same name however often it is resolved in a process (Hydra resolves it again whenever
+    hydra.output_subdir is read: a clock read each time would name another folder)."""
     if resume is None:
         return ".hydra"
-    return f".hydra-resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    return f".hydra-resumed-{_started():%Y-%m-%d_%H-%M-%S}"
+
+
+@functools.cache
+def _started() -> datetime:
+    return datetime.now()
 
 
 def override_key(override: str) -> str:
