@@ -273,3 +273,23 @@ def test_inference_needs_no_training_stack():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_cli_errors_are_one_message_unless_debug_asks_for_the_traceback(tmp_path, capsys,
+                                                                          portrait):
+    from PIL import Image
+
+    from ferlab.export import main as export_main
+    from ferlab.predict import main as predict_main
+
+    (tmp_path / "notes.pt").write_text("not a model")
+    Image.fromarray(portrait).save(tmp_path / "photo.png")
+    assert export_main([str(tmp_path / "notes.pt"), str(tmp_path / "out.pt")]) == 2
+    assert predict_main(["--model", str(tmp_path / "notes.pt"), str(tmp_path / "photo.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("notes.pt is not a readable") == 2 and "Traceback" not in err
+    with pytest.raises(ValueError, match="not a readable"):
+        export_main([str(tmp_path / "notes.pt"), str(tmp_path / "out.pt"), "--debug"])
+    with pytest.raises(ValueError, match="not a readable"):
+        predict_main(["--model", str(tmp_path / "notes.pt"), str(tmp_path / "photo.png"),
+                      "--debug"])

@@ -11,6 +11,7 @@ the six-class view, the clean-test view, the TTA change), figures and ``report.m
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,9 @@ def _face_loader(cfg: DictConfig, recognizer: EmotionRecognizer):
 def _run(cfg: DictConfig) -> None:
     try:
         report = evaluate(cfg)
-    except (DataFormatError, FileNotFoundError, ValueError) as err:  # incl. a missing data root
+    except (DataFormatError, OSError, ValueError) as err:  # incl. a missing data root
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         log.error("%s", err)
         sys.exit(2)
     for name, m in report["datasets"].items():

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half", action="store_true",
                         help="store the weights as float16 (half the size; loaded as float32)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing the output")
+    parser.add_argument("--debug", action="store_true", help="show an error's traceback")
     args = parser.parse_args(argv)
     if args.output.exists() and args.output.resolve() == Path(args.checkpoint).resolve():
         parser.error("the output would overwrite the checkpoint")
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         path = export_model(args.checkpoint, args.output, tta=args.tta, half=args.half)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=POSITIVE_INT, default=MAX_PIXELS,
                    help="refuse images larger than this (decompression bombs)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show a refused model's traceback")
     return p
 
 
@@ -232,6 +233,8 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
                                        detector=detector, margin=args.margin,
                                        precision=args.precision)
     except (FileNotFoundError, ValueError) as err:  # a bad --model: say so, no traceback
+        if args.debug:
+            raise
         raise SystemExit(f"error: {err}") from None
     predictor = Predictor(recognizer, args, protected)
     console = Console(file=stderr, soft_wrap=True)  # keep paths whole in logs
