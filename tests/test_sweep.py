@@ -126,6 +126,8 @@ def test_a_killed_optuna_study_continues_from_its_storage(tmp_path, csv_root):
     assert (np.diff(summary["val/loss"]) >= 0).all()  # minimised: lowest first
     for name in ("optuna_history.png", "optuna_importances.png"):
         assert (sweep / name).stat().st_size > 1000, name
+    rerun = (sweep / "summary.md").read_text().split("```bash\n")[1].split("\n")[0]
+    assert "storage=" not in rerun and "hparams_search=" not in rerun and "model=baseline" in rerun
 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, csv_root):

@@ -182,8 +182,10 @@ def summarize(sweep_dir: str | os.PathLike, metric: str | None = None,
     if len(best):
         overrides = yaml.safe_load((sweep_dir / best.iloc[0]["job"] /
                                     ".hydra/overrides.yaml").read_text()) or []
+        # one run: without the search's own settings (hparams_search, its storage)
         rerun = "python -m ferlab.train " + " ".join(
-            shlex.quote(o) for o in overrides if not o.startswith("hparams_search="))
+            shlex.quote(o) for o in overrides
+            if o.split("=", 1)[0].lstrip("+~") not in ("hparams_search", "storage"))
     paths = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md"}
     plots = _plot(table, swept, metric, sweep_dir)
     plots += _optuna_plots(sweep_dir, sweeper, table, swept, metric, direction)
@@ -262,6 +264,7 @@ def _optuna_plots(sweep_dir: Path, sweeper: dict, table: pd.DataFrame, swept: li
     if "optuna" not in str(sweeper.get("_target_", "")).lower():
         return []
     table = table[table["status"] == "completed"]
+    import matplotlib
     import matplotlib.pyplot as plt  # Optuna's plots draw with pyplot
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
@@ -275,13 +278,14 @@ def _optuna_plots(sweep_dir: Path, sweeper: dict, table: pd.DataFrame, swept: li
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return []
-    with warnings.catch_warnings():  # "experimental": the plot's interface, not its figures
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    # rc_context: Optuna's plot switches pyplot's style for the whole process; not past here
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # its interface
         ax = optuna_plots.plot_optimization_history(study)
-    paths = [sweep_dir / "optuna_history.png"]
-    ax.figure.tight_layout()
-    ax.figure.savefig(paths[0], dpi=100)
-    plt.close(ax.figure)
+        paths = [sweep_dir / "optuna_history.png"]
+        ax.figure.tight_layout()
+        ax.figure.savefig(paths[0], dpi=100)
+        plt.close(ax.figure)
     if len(complete) >= 2 and len({t.value for t in complete}) > 1:
         paths.append(_plot_importances(study, sweep_dir / "optuna_importances.png"))
     return paths
@@ -295,11 +299,11 @@ def _plot_importances(study, path: Path) -> Path:
 
     evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    fig = Figure(figsize=(6, 0.5 + 0.4 * len(importances)))
+    fig = Figure(figsize=(7, 1.0 + 0.4 * len(importances)))
     ax = fig.subplots()
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance for the objective (Optuna, mean decrease in impurity)")
+    ax.set_xlabel("importance (Optuna, mean decrease in impurity)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
