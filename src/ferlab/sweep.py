@@ -96,11 +96,10 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_search(config)
-        sweeper = config.hydra.sweeper
+        sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
         record = {"optimized_metric": config.get("optimized_metric"),
-                  "sweeper": {k: OmegaConf.to_container(sweeper, resolve=True).get(k)
-                              for k in ("_target_", "direction", "storage", "study_name",
-                                        "n_trials", "params")}}
+                  "sweeper": {k: sweeper.get(k) for k in ("_target_", "direction", "storage",
+                                                          "study_name", "n_trials", "params")}}
         write_json(Path(config.hydra.sweep.dir) / SWEEP_RECORD, record)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:

@@ -102,7 +102,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     diverged = [k for k, v in metrics.items() if k.endswith("loss") and not math.isfinite(v)]
     if diverged and not trainer.interrupted:
         # its accuracies would still read as numbers: a sweep must not rank the run among others
-        write_json(output_dir / "metrics.json", {**metrics, "status": "diverged"})
+        if trainer.is_global_zero:
+            write_json(output_dir / "metrics.json", {**metrics, "status": "diverged"})
         raise FloatingPointError(
             f"Training diverged: {', '.join(diverged)} is not finite after epoch "
             f"{trainer.current_epoch}. Lower module.optimizer.lr, or try "
