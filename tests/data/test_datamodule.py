@@ -80,3 +80,24 @@ def test_dataloader_before_setup_is_explained(csv_root):
 
 def test_splits_constant():
     assert SPLITS == ("train", "val", "test")
+
+
+def test_ddp_shares_are_disjoint_and_cover_the_data():
+    import torch
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    from ferlab.data.datamodule import Shard
+
+    data = range(23)
+    for epoch_draws in range(3):  # each epoch a new order, the same in every process
+        shares = []
+        for rank in range(3):
+            stream = torch.Generator().manual_seed(42)
+            sampler = RandomSampler(data, generator=stream)
+            for _ in range(epoch_draws):
+                list(sampler)
+            shares.append(list(Shard(sampler, 3, rank, even=True)))
+        assert [len(s) for s in shares] == [7, 7, 7]
+        assert len(set().union(*shares)) == 21  # disjoint; two faces wait for the next epoch
+    shares = [list(Shard(SequentialSampler(data), 3, rank, even=False)) for rank in range(3)]
+    assert sorted(sum(shares, [])) == list(data) and [len(s) for s in shares] == [8, 8, 7]

@@ -42,9 +42,9 @@ class FaceBatches(Dataset):
 
 class Shard(Sampler[int]):
     """Every ``world``-th index of another sampler's order, from ``rank`` on: one process's share
-    under DDP. Every process draws the same order (the same seed, the same draws), so the shares
-    are disjoint. ``even`` first drops the last few indices so that every process gets as many
-    (DDP steps in lockstep); otherwise shares differ by at most one and together cover all."""
+    under DDP. Every process must draw the same order, so that the shares are disjoint. ``even``
+    first drops the last few indices so that every process gets as many (DDP steps in lockstep);
+    otherwise shares differ by at most one and together cover all."""
 
     def __init__(self, sampler: Sampler[int], world: int, rank: int, even: bool) -> None:
         self.sampler, self.world, self.rank, self.even = sampler, world, rank, even
@@ -125,7 +125,10 @@ class FER2013DataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         if shuffle:
-            order = Shard(RandomSampler(data), world, rank, even=True)
+            # one process: the global stream, which seed= and resume= set; several: a stream of
+            # their own from the seed, so that all draw the same order whatever else they draw
+            stream = torch.Generator().manual_seed(torch.initial_seed()) if world > 1 else None
+            order = Shard(RandomSampler(data, generator=stream), world, rank, even=True)
             # drop the ragged last batch (batch norm dislikes a batch of one) unless it is all
             sampler = BatchSampler(order, self.batch_size, drop_last=len(order) > self.batch_size)
             generator = None  # the global stream, which seed= and resume= set
