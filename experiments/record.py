@@ -108,6 +108,21 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
     return study
 
 
+def deployment(name: str, eval_dir: Path) -> Path:
+    """Keep the evaluation of a shipped int8 file or ensemble (``python -m ferlab.evaluate
+    ckpt_path=NAME tta=flip splits=[test]``) in experiments/deployment/NAME/, where the model
+    cards read it: metrics.json without the machine's file paths, report.md without figures."""
+    report = json.loads((eval_dir / "metrics.json").read_text())
+    if report["model"]["source"] != name:
+        raise SystemExit(f"{eval_dir} evaluated {report['model']['source']!r}, not {name!r}")
+    report["model"].pop("file", None)  # an absolute path on the machine that ran it
+    target = HERE / "deployment" / name
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (target / "report.md").write_text(numbers_only((eval_dir / "report.md").read_text()))
+    return target
+
+
 def retest(name: str, eval_dir: Path | None = None) -> Path:
     """Replace NAME's in-run test figures by an evaluation of the checkpoint it tested.
 
@@ -220,6 +235,10 @@ def main() -> None:
     r.add_argument("name")
     r.add_argument("--eval", type=Path,
                    help="a ferlab.evaluate folder (default: the study's own report)")
+    d = sub.add_parser("deployment", help="keep the evaluation of a shipped int8 file or "
+                                          "ensemble for the model cards")
+    d.add_argument("name")
+    d.add_argument("--eval", type=Path, required=True)
     sub.add_parser("table")
     args = parser.parse_args()
     if args.cmd == "add":
@@ -227,6 +246,9 @@ def main() -> None:
         print(f"recorded {study}")
     elif args.cmd == "retest":
         print(f"retested {retest(args.name, args.eval)}")
+    elif args.cmd == "deployment":
+        print(f"kept {deployment(args.name, args.eval)}")
+        return
     write_table()
 
 

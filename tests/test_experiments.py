@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ferlab.artifacts import SHIPPED_MODELS
+from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS, TORCH_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,17 +202,28 @@ def test_a_sittings_time_budget_is_the_recipe_only_of_a_run_it_cut_short(
     assert study["seed"] == 43
 
 
-@pytest.mark.parametrize("name", ["default", "cpu-trained"])
-def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch, name):
-    """Each shipped model's card is generated: rendering it again from the study and report it
-    names (and the shipped weights) gives the committed text, so no figure in it was typed by
-    hand."""
+def _model_card_module(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     spec = importlib.util.spec_from_file_location("model_card",
                                                   ROOT / "experiments/model_card.py")
     card = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(card)
-    assert set(card.CARDS) == set(SHIPPED_MODELS)
+    return card
+
+
+def test_ensemble_card_is_what_model_card_py_writes_from_its_evaluations(monkeypatch):
+    card = _model_card_module(monkeypatch)
+    assert card.render_ensemble() == (ROOT / card.CARDS["ensemble"]).read_text()
+
+
+@pytest.mark.parametrize("name", ["default", "cpu-trained"])
+def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch, name):
+    """Each shipped model's card is generated: rendering it again from the study and report it
+    names (and the shipped weights) gives the committed text, so no figure in it was typed by
+    hand."""
+    card = _model_card_module(monkeypatch)
+    # a card per PyTorch model (its int8 file on it) and one for the ensembles
+    assert set(card.CARDS) == {*TORCH_MODELS, *list(SHIPPED_ENSEMBLES)[:1]}
     if not (ROOT / card.CARDS[name]).is_file():
         pytest.skip(f"no card {card.CARDS[name]}: {name!r} is not shipped in this checkout")
     text = (ROOT / card.CARDS[name]).read_text()

@@ -16,6 +16,7 @@ file, before anything is imported or called. Nothing but the network is ever bui
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Iterator
@@ -29,12 +30,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from ferlab.data.labels import class_names
+from ferlab.data.labels import FACE_SIZE, class_names
+from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
 
 # the models inside the package, by the name EmotionRecognizer(model=...) takes: the default
-# (trained on a GPU) and the one trained and timed on two CPU cores (MODEL_CARD_CPU.md)
-SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013_cpu.pt"}
+# (trained on a GPU), the one trained and timed on two CPU cores (MODEL_CARD_CPU.md), and each
+# as the int8 ONNX file that `python -m ferlab.export NAME F.onnx --int8` writes from it
+SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013_cpu.pt",
+                  "default-int8": "ferlab_fer2013_int8.onnx",
+                  "cpu-trained-int8": "ferlab_fer2013_cpu_int8.onnx"}
+TORCH_MODELS = tuple(n for n, f in SHIPPED_MODELS.items() if f.endswith(".pt"))
+# shipped ensembles: the members' probabilities averaged with equal weights (untuned: the default
+# model trained on PublicTest, so no split is left to tune weights on; MODEL_CARD_ENSEMBLE.md)
+SHIPPED_ENSEMBLES = {"ensemble": ("default", "cpu-trained"),
+                     "ensemble-int8": ("default-int8", "cpu-trained-int8")}
 MODEL_FILE_FORMAT = "ferlab-model/1"
+ONNX_FORMAT = "ferlab-onnx/1"
 CONFIG_KEY = "ferlab_config"  # a checkpoint's resolved run config (ferlab.checkpoint writes it)
 
 # Exactly the classes that ferlab's own configs (conf/) name; a test keeps the two in step.
@@ -73,10 +84,11 @@ class UnsafeArtifactError(ValueError):
 
 @dataclass
 class Artifact:
-    """A loaded model: the network (eval mode, float32 on the CPU), its class names, the file it
-    came from and the file's metadata (``tta``, ``model`` config, ``recipe``, ``format`` ...)."""
+    """A loaded model: the network (eval mode, float32 on the CPU; for an ONNX file, a
+    :class:`ferlab.inference.runtime.OnnxNetwork`), its class names, the file it came from and
+    the file's metadata (``tta``, ``model`` config, ``recipe``, ``format`` ...)."""
 
-    network: nn.Module
+    network: Any
     classes: tuple[str, ...]
     file: Path
     meta: dict[str, Any] = field(default_factory=dict)
@@ -104,9 +116,36 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def is_ensemble(source: Any) -> bool:
+    """Whether a source names several models: a shipped ensemble or a list of sources."""
+    return isinstance(source, (list, tuple)) or (isinstance(source, str)
+                                                 and source in SHIPPED_ENSEMBLES)
+
+
+def ensemble_members(source: Any) -> list[Any]:
+    """The sources an ensemble averages (a single source: itself alone). A list needs two or
+    more single models."""
+    if not is_ensemble(source):
+        return [source]
+    if isinstance(source, str):
+        return list(SHIPPED_ENSEMBLES[source])
+    members = list(source)
+    nested = [m for m in members if is_ensemble(m)]
+    if nested:
+        raise ValueError(f"An ensemble lists single models; {nested[0]!r} is itself an ensemble "
+                         f"(list its members: {ensemble_members(nested[0])}).")
+    if len(members) < 2:
+        raise ValueError(f"An ensemble averages two or more models; got {len(members)} "
+                         f"({members}). Pass a single model as it is, not in a list.")
+    return members
+
+
 def resolve(source: str | os.PathLike | None) -> Path:
     """The file behind a source: a shipped model's name (None for the default), a model file,
-    a checkpoint, or a run directory (its last.ckpt)."""
+    an ONNX file, a checkpoint, or a run directory (its last.ckpt)."""
+    if is_ensemble(source):
+        raise ValueError(f"{source!r} is an ensemble of several models, which has no single "
+                         "file: load it with EmotionRecognizer, or name one of its models.")
     if source is None or source in SHIPPED_MODELS:
         return shipped_model_path(source or "default")
     path = Path(source).expanduser()
@@ -189,6 +228,10 @@ def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Ten
     """The network weights, the network config and the file of a checkpoint, run directory or
     model file, checked but not built (a new run loads the weights into its own network)."""
     file = resolve(source)
+    if file.suffix == ".onnx":
+        raise ValueError(f"{file} is an ONNX file, which holds a graph for inference, not "
+                         "weights to train from: pass the .pt, .ckpt or run directory it was "
+                         "exported from.")
     payload = read_torch_file(file)
     if isinstance(payload, dict) and CONFIG_KEY in payload:  # a training checkpoint
         config = _checked_run_config(payload, file)
@@ -205,6 +248,8 @@ def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Ten
 def load(source: str | os.PathLike | None) -> Artifact:
     """The network (eval mode), classes and metadata of any source (see the module's text)."""
     file = resolve(source)
+    if file.suffix == ".onnx":
+        return _load_onnx(file)
     if file.suffix == ".ckpt":
         payload = read_torch_file(file, "PyTorch checkpoint")
         if not isinstance(payload, dict) or CONFIG_KEY not in payload:
@@ -267,3 +312,58 @@ def _check_model_file(payload: dict, file: Path) -> None:
                                                                     dict):
         raise ValueError(f"{file}: a ferlab model file holds a model config and a state_dict; "
                          "this one does not (it was not written by ferlab.export).")
+
+
+# --- ONNX files --------------------------------------------------------------------------------
+def onnx_metadata(classes: tuple[str, ...], tta: str, precision: str, source: str,
+                  model_version: str, network: dict, recipe: dict) -> dict[str, str]:
+    """The metadata a ferlab ONNX file carries (strings, as ONNX stores them): all a user of the
+    file needs besides the graph, in any runtime."""
+    from ferlab import __version__
+
+    return {
+        "ferlab.format": ONNX_FORMAT,
+        "ferlab.classes": json.dumps(list(classes)),
+        "ferlab.input": json.dumps({
+            "name": "faces", "shape": ["batch", 1, FACE_SIZE, FACE_SIZE], "layout": "NCHW",
+            "colour": "grey", "scaling": "(pixel / 255 - mean) / std", "mean": PIXEL_MEAN,
+            "std": PIXEL_STD}),
+        "ferlab.output": json.dumps({"name": "logits", "probabilities": "softmax over classes"}),
+        "ferlab.tta": tta,
+        "ferlab.precision": precision,
+        "ferlab.source": source,
+        "ferlab.model_version": model_version,
+        "ferlab.version": __version__,
+        "ferlab.network": json.dumps(network),
+        "ferlab.recipe": json.dumps(recipe, default=str),
+    }
+
+
+def _load_onnx(file: Path) -> Artifact:
+    """An ONNX file written by ferlab.export, on ONNX Runtime, checked against its metadata."""
+    from ferlab.inference.runtime import OnnxNetwork
+
+    network = OnnxNetwork(file.read_bytes(), name=str(file))
+    meta = network.metadata
+    if meta.get("ferlab.format") != ONNX_FORMAT:
+        raise ValueError(f"{file} is an ONNX model without ferlab's metadata (ferlab.format "
+                         f"{ONNX_FORMAT!r}), so its classes and input scaling are unknown; "
+                         "export one with python -m ferlab.export SOURCE model.onnx")
+    try:
+        classes = tuple(json.loads(meta["ferlab.classes"]))
+        given = json.loads(meta["ferlab.input"])
+        shape, scaling = given["shape"][1:], (given["mean"], given["std"])
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"{file}: its ferlab metadata is damaged ({type(err).__name__}: "
+                         f"{err}); export the model again.") from err
+    if not classes or classes != class_names(len(classes)):
+        raise ValueError(f"{file}: unexpected class list {classes}.")
+    if shape != [1, FACE_SIZE, FACE_SIZE] or scaling != (PIXEL_MEAN, PIXEL_STD):
+        raise ValueError(f"{file} takes faces of shape {shape} scaled with mean/std {scaling}; "
+                         f"this ferlab prepares [1, {FACE_SIZE}, {FACE_SIZE}] with "
+                         f"({PIXEL_MEAN}, {PIXEL_STD}). Export it again with this ferlab.")
+    info = {k.removeprefix("ferlab."): v for k, v in meta.items() if k.startswith("ferlab.")}
+    info["model"] = json.loads(info.pop("network", "{}"))
+    info["recipe"] = json.loads(info.get("recipe", "{}"))
+    info["classes"] = classes
+    return Artifact(network, classes, file, info)

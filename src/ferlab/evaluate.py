@@ -3,6 +3,7 @@
     python -m ferlab.evaluate ckpt_path=<run dir or .ckpt> [splits=[test,val]] [tta=flip]
     python -m ferlab.evaluate ckpt_path=... folder=/data/ckplus detect_faces=false
     python -m ferlab.evaluate ckpt_path=default tta=flip   # a model shipped with ferlab
+    python -m ferlab.evaluate ckpt_path=[runs/a,runs/b.ckpt,m.onnx] tta=flip   # an ensemble
 
 ``metrics.json`` (accuracy, macro, top-2/3, per-class precision/recall/F1/support, NLL, ECE,
 the six-class view, the clean-test view, the TTA change), figures and ``report.md``.
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab.artifacts import SHIPPED_MODELS
+from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.config import CONFIG_DIR
 from ferlab.data import SPLITS, load_faces, remap_labels, to_face
 from ferlab.data.duplicates import duplicated_in
@@ -36,24 +37,31 @@ from ferlab.metrics import evaluation_metrics, fold_probabilities
 from ferlab.report import markdown, save_figures
 
 log = logging.getLogger(__name__)
+SHIPPED = (*SHIPPED_MODELS, *SHIPPED_ENSEMBLES)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on FER2013 splits or a labelled folder; write the report."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise ValueError("Say what to evaluate: ckpt_path=<run dir, .ckpt or model file from "
-                         "ferlab.export>, or the name of a shipped model "
-                         f"({', '.join(SHIPPED_MODELS)}).")
-    recognizer = EmotionRecognizer(cfg.ckpt_path, device=cfg.device, tta=cfg.tta,
+        raise ValueError("Say what to evaluate: ckpt_path=<run dir, .ckpt, model file or ONNX "
+                         "file from ferlab.export>, a list of them ([a,b]: an ensemble), or the "
+                         f"name of a shipped model ({', '.join(SHIPPED)}).")
+    source = cfg.ckpt_path
+    if OmegaConf.is_list(source):
+        source = [str(s) for s in source]
+    recognizer = EmotionRecognizer(source, device=cfg.device, tta=cfg.tta,
                                    batch_size=cfg.batch_size,
-                                   precision=cfg.get("precision", "fp32"))
+                                   precision=cfg.get("precision", "fp32"),
+                                   backend=cfg.get("backend", "auto"))
     classes = recognizer.classes
     out = Path(cfg.output_dir)
-    shipped = cfg.ckpt_path in SHIPPED_MODELS
     report: dict[str, Any] = {
-        "model": {"source": cfg.ckpt_path if shipped else str(Path(cfg.ckpt_path)),
-                  "file": str(recognizer.source), "num_classes": len(classes),
-                  "network": type(recognizer.network).__name__, "classes": list(classes)},
+        "model": {"source": _named(source), "num_classes": len(classes),
+                  "file": [str(m.source) for m in recognizer.models] if len(recognizer.models)
+                  > 1 else str(recognizer.source),
+                  "network": [_network_name(m) for m in recognizer.models] if len(
+                      recognizer.models) > 1 else _network_name(recognizer.models[0]),
+                  "backend": recognizer.backend, "classes": list(classes)},
         "tta": cfg.tta, "datasets": {},
     }
     figures = {}
@@ -86,6 +94,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_json(out / "metrics.json", report)
     (out / "report.md").write_text(markdown(report, figures))
     return report
+
+
+def _named(source: str | list[str]) -> str | list[str]:
+    """A source as the report names it: a shipped model's name as it is, a path normalised."""
+    if isinstance(source, list):
+        return [_named(s) for s in source]
+    return source if source in SHIPPED else str(Path(source))
+
+
+def _network_name(model) -> str:
+    """The network's class, or "onnx" (with its precision) for an ONNX file."""
+    if model.network is not None:
+        return type(model.network).__name__
+    return f"onnx ({model.meta.get('precision', 'fp32')})"
 
 
 def _headline(probs: torch.Tensor, labels: torch.Tensor, classes) -> dict[str, float]:

@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ferlab.artifacts import SHIPPED_MODELS
+from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.annotate import annotate
 from ferlab.inference.detect import make_detector
@@ -32,8 +32,10 @@ from ferlab.inference.feature_maps import save_feature_maps
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
 from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
+from ferlab.inference.runtime import BACKENDS
 
 log = logging.getLogger(__name__)
+SHIPPED = (*SHIPPED_MODELS, *SHIPPED_ENSEMBLES)
 
 
 def _number(kind: type, low: float, inclusive: bool = True):
@@ -63,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files, folders (recursive) or glob patterns")
-    p.add_argument("--model", help="model file, checkpoint or run directory, or the name of a "
-                                   f"model shipped with ferlab ({', '.join(SHIPPED_MODELS)}; "
-                                   "default: default)")
+    p.add_argument("--model", action="append",
+                   help="model file, ONNX file, checkpoint or run directory, or the name of a "
+                        f"model shipped with ferlab ({', '.join(SHIPPED)}; default: default); "
+                        "give it twice or more to average the models (an ensemble)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="the engine: auto (ONNX Runtime on a CPU, else PyTorch), torch or "
+                        "onnxruntime")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
     p.add_argument("--min-face", type=POSITIVE_INT, default=48, help="smallest face side in pixels")
     p.add_argument("--scale-factor", type=_number(float, 1, inclusive=False),
@@ -229,9 +235,12 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
                           "max_side": args.detect_size}
     detector = make_detector(args.detector, **detector_args)
     try:
-        recognizer = EmotionRecognizer(args.model, device=args.device, tta=args.tta,
+        model = args.model[0] if args.model and len(args.model) == 1 else args.model
+        recognizer = EmotionRecognizer(model, device=args.device, tta=args.tta,
                                        detector=detector, margin=args.margin,
-                                       precision=args.precision)
+                                       precision=args.precision, backend=args.backend)
+        if args.feature_maps:
+            recognizer.network  # noqa: B018 (refuses a model without PyTorch layers, up front)
     except (FileNotFoundError, ValueError) as err:  # a bad --model: say so, no traceback
         if args.debug:
             raise

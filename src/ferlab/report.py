@@ -50,9 +50,15 @@ def save_figures(out: Path, name: str, faces: np.ndarray, probs: torch.Tensor,
 def markdown(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
     """report.md: headline table, then per dataset the details and figures."""
     head = report["model"]
-    lines = [f"# Evaluation of `{head['source']}`", "",
-             f"Model: `{head['network']}`, {head['num_classes']} classes; test-time "
-             f"augmentation: **{report['tta']}**.", "",
+    source, network = head["source"], head["network"]
+    if isinstance(source, list):  # a user's ensemble: its members
+        source = " + ".join(source)
+    if isinstance(network, list):  # any ensemble: its members' probabilities averaged
+        network = " + ".join(network) + " (probabilities averaged)"
+    backend = f"; backend: {head['backend']}" if "backend" in head else ""
+    lines = [f"# Evaluation of `{source}`", "",
+             f"Model: `{network}`, {head['num_classes']} classes; test-time "
+             f"augmentation: **{report['tta']}**{backend}.", "",
              "| data | n | acc | macro acc | top-2 | top-3 | NLL | ECE |",
              "|---|---|---|---|---|---|---|---|"]
     for name, m in report["datasets"].items():

@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ferlab import artifacts
 from ferlab.data.transforms import TTA_MODES, preprocess, to_face, tta_views
 from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_crop_box
 from ferlab.inference.images import as_bgr, read_image, to_grey
+from ferlab.inference.runtime import BACKENDS, OnnxNetwork, choose_backend, to_onnx
 from ferlab.models import fold_batch_norm
 from ferlab.precision import slow_bf16_reason
 
@@ -22,44 +26,118 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
 
 
+@dataclass
+class LoadedModel:
+    """One model of a recognizer: what runs it (``run``: preprocessed batch -> logits), its
+    PyTorch network when it has one (None for an ONNX file), the engine, file and metadata."""
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    network: nn.Module | None
+    backend: str
+    source: Path
+    meta: dict[str, Any]
+
+
 class EmotionRecognizer:
     """Emotion probabilities for face crops (``predict_faces``) or whole images (``analyze``).
 
     ``model``: None (or "default") for the shipped model, "cpu-trained" for the shipped model
-    trained on two CPU cores, a ferlab model file (``.pt``), a training checkpoint (``.ckpt``)
-    or a run directory. ``tta``: "flip" averages each face with its mirror image;
-    None uses the model file's own setting ("none" for checkpoints). ``precision``: "bf16"
-    runs the network under bfloat16 autocast, about twice as fast on CPUs with native bf16
-    (AVX512-BF16, AMX) and on GPUs, slower on other CPUs (a warning says so on a CPU with no
-    oneDNN bf16 kernels at all, where it is an order of magnitude slower); "fp32" (the default)
-    gives the same numbers everywhere.
+    trained on two CPU cores, "default-int8" / "cpu-trained-int8" for their int8 ONNX files,
+    "ensemble" (or "ensemble-int8") for the shipped models averaged, a ferlab model file
+    (``.pt``), an ONNX file from ``ferlab.export``, a training checkpoint (``.ckpt``), a run
+    directory, or a list of any of these (an ensemble: probabilities averaged with equal
+    weights; the models must share their classes). ``tta``: "flip" averages each face with its
+    mirror image; None uses the model files' own setting ("none" for checkpoints).
+    ``backend``: "torch", "onnxruntime" (the network converted to ONNX in memory at load, or an
+    ONNX file as it is) or "auto": ONNX Runtime on a CPU, PyTorch on a GPU or under bf16.
+    ``precision`` (PyTorch only): "bf16" runs the network under bfloat16 autocast, about twice
+    as fast on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs, slower on other CPUs (a
+    warning says so on a CPU with no oneDNN bf16 kernels at all, where it is an order of
+    magnitude slower); "fp32" (the default) gives the same numbers everywhere.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu",
+    def __init__(self, model: str | os.PathLike | Sequence | None = None, device: str = "cpu",
                  tta: str | None = None, detector: FaceDetector | None = None,
-                 batch_size: int = 32, margin: float = 0.1, precision: str = "fp32") -> None:
+                 batch_size: int = 32, margin: float = 0.1, precision: str = "fp32",
+                 backend: str = "auto") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
         if not (isinstance(batch_size, int) and batch_size >= 1) or not margin >= 0:
             raise ValueError(f"batch_size must be an integer >= 1 and margin >= 0; got "
                              f"{batch_size!r} and {margin!r}.")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
         self.precision = precision
-        artifact = artifacts.load(model)
-        self.source = artifact.file  # the file the weights come from
-        network, self.classes, self.meta = artifact.network, artifact.classes, artifact.meta
-        self.tta = tta if tta is not None else self.meta.get("tta", "none")
-        if self.tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {TTA_MODES}; got {self.tta!r}.")
         self.device = _device(device)
+        self.models = [self._load(source, backend) for source in
+                       artifacts.ensemble_members(model)]
+        self.classes = self.models[0].meta["classes"]
+        for other in self.models[1:]:
+            if other.meta["classes"] != self.classes:
+                raise ValueError(f"An ensemble's models must share their classes: "
+                                 f"{self.models[0].source} has {list(self.classes)}, "
+                                 f"{other.source} has {list(other.meta['classes'])}.")
+        if tta is None:
+            own = {m.meta.get("tta", "none") for m in self.models}
+            if len(own) > 1:
+                raise ValueError(f"The ensemble's models were exported with different TTA "
+                                 f"settings ({sorted(own)}); pass tta= to choose one.")
+            tta = own.pop()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}; got {tta!r}.")
+        self.tta = tta
         if precision == "bf16" and self.device.type == "cpu" and (reason := slow_bf16_reason()):
             log.warning("precision='bf16': %s; precision='fp32' is faster here.", reason)
-        # batch norm folded into the convolutions: ~8% more faces/s on CPU, same outputs;
-        # channels_last: measured ~1.7x faster convolutions on CPU (oneDNN), also right on GPU
-        self.network = fold_batch_norm(network.eval()).to(self.device).to(
-            memory_format=torch.channels_last)
         self.detector = detector
         self.batch_size = batch_size
         self.margin = margin
+
+    def _load(self, source, backend: str) -> LoadedModel:
+        artifact = artifacts.load(source)
+        meta = {**artifact.meta, "classes": artifact.classes}
+        engine = choose_backend(backend, self.device, self.precision,
+                                onnx_file=not isinstance(artifact.network, nn.Module))
+        if not isinstance(artifact.network, nn.Module):  # an ONNX file
+            return LoadedModel(artifact.network, None, engine, artifact.file, meta)
+        # batch norm folded into the convolutions: ~8% more faces/s on CPU, same outputs
+        network = fold_batch_norm(artifact.network.eval())
+        if engine == "onnxruntime":
+            return LoadedModel(OnnxNetwork(to_onnx(network), str(artifact.file)), network,
+                               engine, artifact.file, meta)
+        # channels_last: measured ~1.7x faster convolutions on CPU (oneDNN), also right on GPU
+        network = network.to(self.device).to(memory_format=torch.channels_last)
+        return LoadedModel(network, network, engine, artifact.file, meta)
+
+    @property
+    def source(self) -> Path | list[Path]:
+        """The file the weights come from (a list of files for an ensemble)."""
+        files = [m.source for m in self.models]
+        return files[0] if len(files) == 1 else files
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The model file's metadata (an ensemble: its models' metadata under ``members``)."""
+        if len(self.models) == 1:
+            return self.models[0].meta
+        return {"tta": self.tta, "classes": self.classes,
+                "members": [m.meta for m in self.models]}
+
+    @property
+    def backend(self) -> str:
+        """The engine the models run on ("torch" or "onnxruntime"; "mixed" for an ensemble of
+        both)."""
+        engines = {m.backend for m in self.models}
+        return engines.pop() if len(engines) == 1 else "mixed"
+
+    @property
+    def network(self) -> nn.Module:
+        """The PyTorch network (batch norms folded) of a single PyTorch model, e.g. for its
+        feature maps."""
+        if len(self.models) > 1 or self.models[0].network is None:
+            what = "an ensemble" if len(self.models) > 1 else f"the ONNX file {self.source}"
+            raise ValueError(f"This recognizer runs {what}, which has no single PyTorch network; "
+                             "load one .pt/.ckpt model for what needs its layers.")
+        return self.models[0].network
 
     # --- faces -------------------------------------------------------------------------------
     def predict_faces(self, faces: np.ndarray | Sequence[np.ndarray],
@@ -94,10 +172,18 @@ class EmotionRecognizer:
 
     @torch.inference_mode()
     def _probabilities(self, faces: torch.Tensor) -> np.ndarray:
-        x = preprocess(faces.to(self.device)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.precision == "bf16"):
-            return predict_probabilities(self.network, x, self.tta).cpu().numpy()
+        x = preprocess(faces.to(self.device))  # the one preprocessing, for every engine
+        total = 0
+        for model in self.models:
+            if model.backend == "torch":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                    enabled=self.precision == "bf16"):
+                    probs = predict_probabilities(
+                        model.run, x.contiguous(memory_format=torch.channels_last), self.tta)
+            else:
+                probs = predict_probabilities(model.run, x, self.tta)
+            total = total + probs.cpu()
+        return (total / len(self.models)).numpy()
 
     # --- whole images ------------------------------------------------------------------------
     @property
