@@ -257,5 +257,14 @@ def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: to
     views = tta_views(x, tta)
     if len(views) > 1 and len(x) * len(views) <= 1024:
         logits = network(torch.cat(views)).float().view(len(views), len(x), -1)
-        return torch.softmax(logits, dim=2).mean(0)
-    return sum(torch.softmax(network(v).float(), dim=1) for v in views) / len(views)
+        return _softmax(logits).mean(0)
+    return sum(_softmax(network(v).float()) for v in views) / len(views)
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, from elementwise ops and reductions. torch.softmax runs
+    even a (2, 7) tensor in a parallel region, whose threads then wait for the cores ONNX
+    Runtime's threads still hold: with flip, 4 ms of every face's 5 (measured; this way the
+    default int8 model classifies 438 faces/s one at a time with flip, against 150)."""
+    exp = (logits - logits.amax(-1, keepdim=True)).exp()
+    return exp / exp.sum(-1, keepdim=True)

@@ -110,7 +110,6 @@ class OnnxNetwork:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(cpu_limit(), torch.get_num_threads())
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: ORT's warnings are about its own choices
         try:
             self.session = ort.InferenceSession(model, options,
