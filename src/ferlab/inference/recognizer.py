@@ -263,8 +263,9 @@ def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: to
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension, from elementwise ops and reductions. torch.softmax runs
-    even a (2, 7) tensor in a parallel region, whose threads then wait for the cores ONNX
-    Runtime's threads still hold: with flip, 4 ms of every face's 5 (measured; this way the
-    default int8 model classifies 438 faces/s one at a time with flip, against 150)."""
+    even a (2, 7) tensor in a parallel region, whose threads wake and wait for cores that other
+    engines' threads (ONNX Runtime's, OpenCV's) still hold: one face at a time with flip, the
+    default int8 model classified 317 faces/s that way and 378 this way (150 and 438 while
+    ONNX Runtime's threads spin)."""
     exp = (logits - logits.amax(-1, keepdim=True)).exp()
     return exp / exp.sum(-1, keepdim=True)

@@ -53,7 +53,7 @@ def onnxruntime_available() -> bool:
 def choose_backend(backend: str, device: torch.device, precision: str = "fp32",
                    onnx_file: bool = False) -> str:
     """The engine a model runs on: ``backend`` as asked, or for "auto" the fastest that keeps
-    the model's outputs: ONNX Runtime on a CPU (same probabilities to 1e-5, measured 1.1-2.4x
+    the model's outputs: ONNX Runtime on a CPU (same probabilities to 1e-5, measured 1.05-1.9x
     PyTorch's faces/s, README "Deploying"), PyTorch on a GPU or under bf16 autocast. An ONNX
     file runs on ONNX Runtime only."""
     if backend not in BACKENDS:
@@ -110,6 +110,9 @@ class OnnxNetwork:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(cpu_limit(), torch.get_num_threads())
         options.inter_op_num_threads = 1
+        # no spinning between runs: a photo's detection (OpenCV) and decoding need the cores
+        # right after; with spinning, 288 px photos ran end to end at 49 photos/s against 59
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: ORT's warnings are about its own choices
         try:
             self.session = ort.InferenceSession(model, options,
