@@ -138,3 +138,15 @@ def run_cli(args: list[str], tmp_path: Path, data: Path | None = None, module="f
         env["FERLAB_DATA"] = str(data)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def readme_commands(section: str) -> list[str]:
+    """The shell commands of a README section's ``bash`` blocks, comments removed."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in body.split("```bash\n")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            if line.strip():
+                commands.append(line.split("  #", 1)[0].strip())
+    return commands

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from ferlab import EmotionRecognizer
-from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS, shipped_model_path
+from ferlab.artifacts import (
+    SHIPPED_ACCURACY,
+    SHIPPED_ENSEMBLES,
+    SHIPPED_MODELS,
+    shipped_model_path,
+)
 from ferlab.data import load_faces
 from tests.conftest import REAL_DATA, USER_CACHE, requires_real_data
 
@@ -32,6 +37,7 @@ def _guards() -> dict[str, float]:
 
 def test_every_shipped_model_has_one_guarded_figure_in_a_card():
     assert sorted(_guards()) == SHIPPED
+    assert _guards() == SHIPPED_ACCURACY  # what ferlab.serve's /v1/model reports
     for name in SHIPPED_MODELS:
         assert shipped_model_path(name).is_file(), f"{name} is not in the package"
 

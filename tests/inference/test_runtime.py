@@ -18,7 +18,14 @@ from ferlab.inference.images import to_grey
 from ferlab.inference.model_file import export_onnx, save_model
 from ferlab.inference.runtime import choose_backend, cpu_limit
 from ferlab.models import VGG
-from tests.conftest import REAL_DATA, TINY, USER_CACHE, requires_real_data, run_cli
+from tests.conftest import (
+    REAL_DATA,
+    TINY,
+    USER_CACHE,
+    readme_commands,
+    requires_real_data,
+    run_cli,
+)
 
 
 @pytest.fixture(scope="module")
@@ -275,18 +282,6 @@ def test_cpu_limit_follows_the_affinity_mask(monkeypatch):
     assert cpu_limit() == 1
 
 
-def _readme_commands(section: str) -> list[str]:
-    """The shell commands of a README section's ``bash`` blocks, comments removed."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in body.split("```bash\n")[1:]:
-        for line in block.split("```", 1)[0].splitlines():
-            if line.strip():
-                commands.append(line.split("  #", 1)[0].strip())
-    return commands
-
-
 def test_readme_deployment_commands_as_written(tmp_path, csv_root, portrait):
     """Every command of the README's deployment section, exactly as written, in order, in one
     folder (FERLAB_DATA: the synthetic FER2013; photo.jpg: a real portrait)."""
@@ -295,7 +290,7 @@ def test_readme_deployment_commands_as_written(tmp_path, csv_root, portrait):
     from PIL import Image
 
     Image.fromarray(portrait).save(tmp_path / "photo.jpg")
-    commands = _readme_commands("Deploying: ONNX, int8 and ensembles")
+    commands = readme_commands("Deploying: ONNX, int8 and ensembles")
     assert len(commands) >= 4
     for command in commands:
         words = shlex.split(command)
