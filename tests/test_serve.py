@@ -28,19 +28,20 @@ from tests.conftest import readme_commands  # noqa: E402
 
 
 def _start(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """The server in ``tmp``, with its temp dir there (to see that nothing is written)."""
+    """The server in ``tmp``, with its temp dir there (to see that nothing is written) and its
+    log beside it (``<tmp>.log``)."""
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
-    return launch(list(args), cwd=tmp, env={**os.environ, "TMPDIR": str(tmp / "tmp")})
+    return launch(list(args), cwd=tmp, env={**os.environ, "TMPDIR": str(tmp / "tmp")},
+                  log=tmp.with_suffix(".log"))
 
 
-def _stop(server: subprocess.Popen) -> str:
+def _stop(server: subprocess.Popen) -> None:
     server.terminate()
     try:
-        out, _ = server.communicate(timeout=20)
+        server.wait(timeout=20)
     except subprocess.TimeoutExpired:
         server.kill()
-        out, _ = server.communicate()
-    return out
+        server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,9 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     process, url = _start(tmp, "--model", "cpu-trained", "--workers", "1", "--queue", "1")
     yield url, tmp
-    log = _stop(process)
-    assert "Traceback" not in log, log
+    _stop(process)
+    log = tmp.with_suffix(".log").read_text()
+    assert "Traceback" not in log and "200 OK" in log, log
 
 
 def _error(response, status: int, code: str) -> None:
@@ -291,12 +293,13 @@ def test_readme_serving_commands_as_written(tmp_path, photo):
             pytest.skip("port 8000 is taken on this machine; the README's command needs it")
     (tmp_path / "photo.jpg").write_bytes(photo)
     words = shlex.split(serve)
-    server = subprocess.Popen([sys.executable, *words[1:]], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([sys.executable, *words[1:]], cwd=tmp_path, stdout=log,
+                                  stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read()
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
             try:
                 if requests.get("http://127.0.0.1:8000/v1/health", timeout=2).ok:
                     break

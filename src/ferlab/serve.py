@@ -267,9 +267,11 @@ def build_app(model: Any = None, limits: Limits | None = None, backend: str = "a
 
 
 def launch(args: list[str], cwd: str | os.PathLike | None = None,
-           env: dict[str, str] | None = None, wait_s: float = 120):
-    """Start ``python -m ferlab.serve ARGS`` on a free loopback port in a subprocess and wait
-    until it answers /v1/health: (the process, its URL). For tests and the load test."""
+           env: dict[str, str] | None = None, log: str | os.PathLike | None = None,
+           wait_s: float = 120):
+    """Start ``python -m ferlab.serve ARGS`` on a free loopback port in a subprocess, its
+    output to the file ``log`` (else discarded: an unread pipe would fill and stop the server),
+    and wait until it answers /v1/health: (the process, its URL). For tests and the load test."""
     import socket
     import subprocess
     import urllib.request
@@ -277,14 +279,20 @@ def launch(args: list[str], cwd: str | os.PathLike | None = None,
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "ferlab.serve", "--port", str(port),
-                                *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    output = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "ferlab.serve", "--port", str(port),
+                                    *args], cwd=cwd, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            output.close()  # the child holds its own copy
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ferlab.serve stopped: {process.stdout.read()}")
+            said = f": {open(log).read()[-2000:]}" if log is not None else ""
+            raise RuntimeError(f"ferlab.serve stopped with status {process.returncode}{said}")
         try:
             with urllib.request.urlopen(f"{url}/v1/health", timeout=2):
                 return process, url
