@@ -49,7 +49,10 @@ class Limits:
     max_pixels: int = 40_000_000  # a decoded image's pixels (413 above: decompression bombs)
     max_faces: int = 256  # crops in one /v1/faces request
     timeout_s: float = 30.0  # one request's inference (504 after)
-    workers: int = 2  # inferences at once, off the event loop
+    # inferences at once, off the event loop, each on cpu_limit() // workers threads; on two
+    # cores one worker with both served a lone client 0.87x as fast as the pipeline in-process
+    # and two workers with one core each 0.53x (experiments/load_serve.py, README "Serving")
+    workers: int = 1
     queue: int = 8  # requests waiting for a worker; more get 503 + Retry-After
 
 
