@@ -34,7 +34,7 @@ import torch
 
 from ferlab import __version__, artifacts
 from ferlab.inference.annotate import annotate
-from ferlab.inference.images import ImageError, decode_image
+from ferlab.inference.images import ImageError, ImageTooLargeError, decode_image
 from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.inference.runtime import BACKENDS, cpu_limit
 
@@ -108,9 +108,9 @@ class Service:
     def decode(self, data: bytes, grey: bool = False) -> np.ndarray:
         try:
             return decode_image(data, max_pixels=self.limits.max_pixels, grey=grey)
+        except ImageTooLargeError as err:
+            raise ApiError(413, "too_many_pixels", str(err)) from None
         except ImageError as err:
-            if "over the limit" in str(err):
-                raise ApiError(413, "too_many_pixels", str(err)) from None
             raise ApiError(400, "bad_image", str(err)) from None
 
     def analyze(self, recognizer: EmotionRecognizer, data: bytes, annotate_image: bool,

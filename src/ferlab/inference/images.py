@@ -22,6 +22,10 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message names the input."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image with more pixels than the limit (a decompression bomb, or a limit to raise)."""
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS,
                grey: bool = False) -> np.ndarray:
     """Decode an image file as BGR uint8 (H, W, 3), or grey (H, W) with ``grey`` (a JPEG is
@@ -56,7 +60,7 @@ def _decode(source, name: str, max_pixels: int, grey: bool) -> np.ndarray:
                 Image.MAX_IMAGE_PIXELS = limit
         with image:
             if image.width * image.height > max_pixels:
-                raise ImageError(f"{name}: {image.width}x{image.height} pixels is over the "
+                raise ImageTooLargeError(f"{name}: {image.width}x{image.height} pixels is over the "
                                  f"limit of {max_pixels:,} (a decompression bomb?); a larger "
                                  "limit is --max-pixels / max_pixels.")
             if grey:

@@ -193,7 +193,8 @@ def _torch_artifact(source: str | os.PathLike) -> artifacts.Artifact:
         raise ValueError(f"{source!r} is an ensemble of several models; export each model "
                          f"({', '.join(map(str, artifacts.ensemble_members(source)))}) on its "
                          "own: EmotionRecognizer([...]) averages them.")
-    if Path(str(source)).suffix == ".onnx" or str(source).endswith("-int8"):
+    shipped_onnx = artifacts.SHIPPED_MODELS.get(str(source), "").endswith(".onnx")
+    if shipped_onnx or Path(str(source)).suffix == ".onnx":
         raise ValueError(f"{source} is already an ONNX file; export from the .pt, .ckpt or run "
                          "directory it came from (or a shipped model's name: "
                          f"{', '.join(artifacts.TORCH_MODELS)}).")
