@@ -130,9 +130,11 @@ def test_annotate_writes_new_files_and_leaves_inputs(mixed_folder, tiny_model_fi
         _run([str(mixed_folder), "--annotate", str(out), "--model", str(tiny_model_file)])
     assert _digest(mixed_folder) == before
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["hopper.annotated-1.png", "hopper.annotated.png", "wall.annotated-1.png",
+    # each copy in its input's format: a JPEG stays a JPEG (a PNG of a photo is ~10x larger)
+    assert names == ["hopper.annotated-1.jpg", "hopper.annotated.jpg", "wall.annotated-1.png",
                      "wall.annotated.png"]
-    annotated = cv2.imread(str(out / "hopper.annotated.png"))
+    assert (out / "hopper.annotated.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    annotated = cv2.imread(str(out / "hopper.annotated.jpg"))
     original = cv2.imread(str(mixed_folder / "hopper.jpg"))
     assert annotated.shape == original.shape
     assert np.abs(annotated.astype(int) - original.astype(int)).sum() > 0
@@ -144,7 +146,7 @@ def test_annotate_into_the_input_folder_never_overwrites(mixed_folder, tiny_mode
           str(tiny_model_file)])
     after = _digest(mixed_folder)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert set(after) - set(before) == {"hopper.annotated.png"}
+    assert set(after) - set(before) == {"hopper.annotated.jpg"}
 
 
 def test_decompression_bomb_is_refused(tmp_path, tiny_model_file):

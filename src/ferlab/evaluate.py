@@ -34,6 +34,7 @@ from ferlab.inference.detect import make_detector
 from ferlab.inference.images import ImageError, read_image
 from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.metrics import evaluation_metrics, fold_probabilities
+from ferlab.progress import track
 from ferlab.report import markdown, save_figures
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         faces, labels = data.pop("faces"), torch.as_tensor(data.pop("labels"))
         if len(labels) == 0:
             raise ValueError(f"{name}: no faces to evaluate ({data}).")
-        probs = torch.from_numpy(recognizer.predict_faces(faces))
+        probs = _predict(recognizer, faces, f"{name}: classifying")
         metrics = evaluation_metrics(probs, labels, classes)
         metrics.update(data.pop("info", {}))
         if cfg.tta != "none" and cfg.compare_tta:
             recognizer.tta = "none"
-            plain = torch.from_numpy(recognizer.predict_faces(faces))
+            plain = _predict(recognizer, faces, f"{name}: classifying without TTA")
             recognizer.tta = cfg.tta
             metrics["no_tta"] = _headline(plain, labels, classes)
         if len(classes) == len(EMOTIONS):
@@ -94,6 +95,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_json(out / "metrics.json", report)
     (out / "report.md").write_text(markdown(report, figures))
     return report
+
+
+def _predict(recognizer: EmotionRecognizer, faces, description: str) -> torch.Tensor:
+    """The recognizer's probabilities, a few of its batches at a time for the progress bar
+    (whole batches: the figures are those of one call)."""
+    chunk = 8 * recognizer.batch_size
+    starts = range(0, len(faces), chunk)
+    return torch.from_numpy(np.concatenate([
+        recognizer.predict_faces(faces[i:i + chunk])
+        for i in track(starts, len(starts), description)]))
 
 
 def _named(source: str | list[str]) -> str | list[str]:

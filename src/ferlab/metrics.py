@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files and TensorBoard, never shown
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torchmetrics import MetricCollection  # noqa: E402
-from torchmetrics.classification import (  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # not pyplot: importing ferlab keeps the user's backend
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
     MulticlassRecall,
@@ -50,7 +45,8 @@ def confusion_figure(counts: torch.Tensor | np.ndarray, class_names: Sequence[st
     counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=float)
     values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.6 + 0.7 * n), dpi=100)
+    fig = Figure(figsize=(1.0 + 0.75 * n, 0.6 + 0.7 * n), dpi=100)
+    ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
@@ -126,7 +122,8 @@ def fold_probabilities(probs: torch.Tensor, label_map: Sequence[int],
 def per_class_figure(per_class: dict[str, dict], title: str = "") -> Figure:
     names = list(per_class)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 3.6), dpi=100)
+    fig = Figure(figsize=(1.0 + 0.9 * len(names), 3.6), dpi=100)
+    ax = fig.subplots()
     for offset, key in ((-0.2, "precision"), (0.2, "recall")):
         values = [per_class[n][key] for n in names]
         bars = ax.bar(x + offset, values, width=0.4, label=key)
@@ -150,7 +147,8 @@ def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 
     counts = torch.bincount(bins, minlength=n_bins).float()
     acc = torch.zeros(n_bins).index_add_(0, bins, correct) / counts.clamp_min(1)
     mids = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    fig = Figure(figsize=(4.2, 4.2), dpi=100)
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.bar(mids[counts > 0], acc[counts > 0], width=1 / n_bins, edgecolor="black", alpha=0.7,
            label="accuracy")
@@ -170,7 +168,8 @@ def rank_figure(rank_counts: dict[str, int], title: str = "") -> Figure:
     keys = list(rank_counts)
     values = np.array([rank_counts[k] for k in keys], dtype=float)
     share = values / max(values.sum(), 1)
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
+    fig = Figure(figsize=(4.5, 3.2), dpi=100)
+    ax = fig.subplots()
     bars = ax.bar(keys, share)
     ax.bar_label(bars, labels=[f"{s:.0%}" for s in share], fontsize=8)
     ax.set_xlabel("rank of the true class among the guesses")
@@ -189,8 +188,8 @@ def mistakes_figure(faces: np.ndarray, probs: torch.Tensor, labels: torch.Tensor
     order = wrong[torch.argsort(confidence[wrong], descending=True)][:count].tolist()
     cols = 8
     rows = max(1, -(-len(order) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55), dpi=100,
-                             squeeze=False)
+    fig = Figure(figsize=(cols * 1.3, rows * 1.55), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order):

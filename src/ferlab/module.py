@@ -8,14 +8,13 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
 from torchvision.transforms import v2
 
-from ferlab.data.labels import EMOTIONS, class_names
+from ferlab.data.labels import EMOTIONS, FACE_SIZE, class_names
 from ferlab.metrics import (
     classification_metrics,
     confusion_figure,
@@ -92,6 +91,9 @@ class EmotionModule(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        # a batch of one face as the data module gives it (uint8, preprocessed on the device):
+        # the model summary shows each layer's FLOPs and sizes from it
+        self.example_input_array = torch.zeros(1, FACE_SIZE, FACE_SIZE, dtype=torch.uint8)
         self.mix, self.mix_prob = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
         if teacher is not None and getattr(teacher, "num_classes", num_classes) != num_classes:
             raise ValueError(f"The teacher predicts {teacher.num_classes} classes, this run "
@@ -238,8 +240,8 @@ class EmotionModule(L.LightningModule):
             if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
                 fig = confusion_figure(counts, self.class_names,
                                        title=f"{stage} epoch {self.current_epoch}")
-                experiment.add_figure(f"{stage}/confusion_matrix", fig, self.global_step)
-                plt.close(fig)
+                experiment.add_figure(f"{stage}/confusion_matrix", fig, self.global_step,
+                                      close=False)  # not pyplot's: nothing to close
 
     # --- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):

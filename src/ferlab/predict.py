@@ -36,6 +36,8 @@ from ferlab.inference.runtime import BACKENDS
 
 log = logging.getLogger(__name__)
 SHIPPED = (*SHIPPED_MODELS, *SHIPPED_ENSEMBLES)
+# annotated copies keep these formats; any other image (a GIF, a PGM ...) is written as PNG
+KEEP_FORMAT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _number(kind: type, low: float, inclusive: bool = True):
@@ -190,8 +192,11 @@ class Predictor:
 
     def _annotate_image(self, path: Path, image, faces) -> None:
         if self.args.annotate:
-            target = self._output_name(path, ".png")
-            if not cv2.imwrite(str(target), annotate(image, faces)):
+            # the input's format (a JPEG stays a JPEG, at a quality that keeps the labels sharp)
+            suffix = path.suffix.lower() if path.suffix.lower() in KEEP_FORMAT else ".png"
+            target = self._output_name(path, suffix)
+            params = [cv2.IMWRITE_JPEG_QUALITY, 92] if suffix in (".jpg", ".jpeg") else []
+            if not cv2.imwrite(str(target), annotate(image, faces), params):
                 raise ImageError(f"{target}: could not write the annotated image.")
 
     def _feature_maps(self, path: Path, found: list) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -43,7 +42,6 @@ def save_figures(out: Path, name: str, faces: np.ndarray, probs: torch.Tensor,
     for key, fig in figures.items():
         files[key] = f"{name}_{key}.png"
         fig.savefig(out / files[key])
-        plt.close(fig)
     return files
 
 

@@ -10,7 +10,8 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import hydra
@@ -56,7 +57,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if not cfg.get("resume"):
             refuse_to_overwrite(output_dir)
         remove_stale_temps(output_dir / "checkpoints")  # a writer killed mid-checkpoint
-        return _train(cfg, output_dir)
+        with _quiet_library_noise():
+            return _train(cfg, output_dir)
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertisements ("💡 Tip: ... litlogger") carry nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+@contextmanager
+def _quiet_library_noise() -> Iterator[None]:
+    """For the run only (nothing is changed for the rest of the process): Lightning's tips and a
+    deprecation Lightning's own code triggers on current torch (pytree LeafSpec), which a user
+    can do nothing about."""
+    tips = _DropTips()
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero",
+                                              "lightning.fabric.utilities.rank_zero")]
+    for logger in loggers:
+        logger.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(tips)
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
@@ -93,7 +121,10 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         _check_resume(resume, resumed, cfg, timer)
         _check_resumed_network(resume, resumed, module, cfg)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    with warnings.catch_warnings():
+        if not trainer.limit_val_batches:  # the checkpoints' val/acc is then never logged
+            warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
     # over all sittings of a resumed run (the Timer's state is in every checkpoint); read now, as
     # testing a checkpoint restores that checkpoint's Timer state
@@ -152,7 +183,6 @@ def _validation_setting(cfg: DictConfig, callbacks: list) -> dict:
     log.info("Validation is off: val (PublicTest) is in data.train_splits, so its figures would "
              "measure training faces; the last epoch is the model and the test uses last.ckpt "
              "(trainer.limit_val_batches=1.0 validates anyway).")
-    warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
     return {"limit_val_batches": 0}
 
 

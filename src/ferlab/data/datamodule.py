@@ -151,6 +151,8 @@ class FER2013DataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # faces alone: the model summary's example
+            return preprocess(batch)
         faces, labels = batch
         x = preprocess(faces)
         if self.augment is not None and self.trainer is not None and self.trainer.training:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ferlab.data.labels import EMOTIONS, FACE_SIZE, SPLITS, USAGE_TO_SPLIT
+from ferlab.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def read_image_folder(root: str | os.PathLike) -> FaceTable:
         raise DataFormatError(f"{root}: train/ and test/ hold no images. {WHERE_TO_GET}")
     # cv2 releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        faces = np.stack(list(pool.map(_decode, files)))
+        faces = np.stack(list(track(pool.map(_decode, files), len(files), "Decoding FER2013")))
     usage_split = {u: SPLITS.index(s) for u, s in USAGE_TO_SPLIT.items()}
     return FaceTable(
         faces=faces,

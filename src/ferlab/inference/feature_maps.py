@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: the user's backend stays as it is
+from torch import nn
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
-
-from ferlab.data.transforms import preprocess  # noqa: E402
+from ferlab.data.transforms import preprocess
 
 
 @torch.inference_mode()
@@ -38,7 +34,8 @@ def save_feature_maps(network: nn.Module, face: np.ndarray, path: str | os.PathL
                       max_channels: int = 32) -> Path:
     """A figure with the face and one grid of channel maps per pooling stage."""
     maps = stage_outputs(network, face)
-    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.4))
+    fig = Figure(figsize=(3.2 * (len(maps) + 1), 3.4))
+    axes = fig.subplots(1, len(maps) + 1)
     axes[0].imshow(face, cmap="gray")
     axes[0].set_title("face")
     for ax, (i, fmap) in zip(axes[1:], enumerate(maps, 1)):
@@ -55,5 +52,4 @@ def save_feature_maps(network: nn.Module, face: np.ndarray, path: str | os.PathL
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
