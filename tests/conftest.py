@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning import Callback
 from omegaconf import DictConfig, open_dict
 
 from ferlab.config import CONFIG_DIR, register_resolvers
@@ -150,3 +151,17 @@ def readme_commands(section: str) -> list[str]:
             if line.strip():
                 commands.append(line.split("  #", 1)[0].strip())
     return commands
+
+
+def short_cfg(make_cfg, out: Path, extra=()):
+    """A three-epoch baseline run on the synthetic data, written to ``out``."""
+    return make_cfg(["model=baseline", "trainer.max_epochs=3", "data.batch_size=4",
+                     "trainer.log_every_n_steps=1", *extra], output_dir=out)
+
+
+class CrashAfterFirstEpoch(Callback):
+    """Stands in for a run killed after its first checkpoint."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")

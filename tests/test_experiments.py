@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _record_module():
-    spec = importlib.util.spec_from_file_location("record", ROOT / "experiments/record.py")
+    spec = importlib.util.spec_from_file_location("record", ROOT / "tools/record.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -28,11 +28,16 @@ def test_studies_table_matches_the_study_files():
     assert block == record.table()
 
 
-def test_every_later_stage_names_a_recorded_study():
-    for path in (ROOT / "experiments").glob("*/study.json"):
+def test_every_later_stage_names_a_recorded_run():
+    record = _record_module()
+    paths = list((ROOT / "experiments").glob("*/*/study.json"))
+    assert len(paths) > 50
+    names = [p.parent.name for p in paths]
+    assert len(set(names)) == len(names), "run names are unique: later stages link to them"
+    for path in paths:
         study = json.loads(path.read_text())
         if "after" in study:
-            assert (ROOT / "experiments" / study["after"] / "study.json").is_file(), path
+            assert (record.find(study["after"]) / "study.json").is_file(), path
             assert "init_from=" in study["command"], path
 
 
@@ -50,7 +55,7 @@ def test_recorded_command_keeps_the_recipe_and_drops_where_it_ran(tmp_path, monk
         "- trainer=gpu\n- trainer.max_epochs=3\n")
     (run / ".hydra" / "config.yaml").write_text(
         "data: {num_classes: 7, train_splits: [train, val]}\ntrainer: {precision: bf16-mixed}\n")
-    study = json.loads((record.add("s", run, "q?", None, hardware_text="1 GPU") /
+    study = json.loads((record.add("st/s", run, "q?", None, hardware_text="1 GPU") /
                         "study.json").read_text())
     assert study["command"] == ("python -m ferlab.train experiment=vgg8_gap_mix trainer=gpu "
                                 "trainer.max_epochs=3")
@@ -74,7 +79,7 @@ def test_record_without_figures_keeps_the_numbers(tmp_path, monkeypatch):
     (ev / "metrics.json").write_text(json.dumps({"tta": "flip", "datasets": {"test": scores}}))
     (ev / "report.md").write_text("# Evaluation\n| test | 0.5 |\n![cm](test_cm.png)\n")
     (ev / "test_cm.png").write_bytes(b"png")
-    study = record.add("s", run, "q?", ev)
+    study = record.add("st/s", run, "q?", ev)
     assert sorted(p.name for p in (study / "report").iterdir()) == ["metrics.json", "report.md"]
     text = (study / "report" / "report.md").read_text()
     assert "| test | 0.5 |" in text and "![" not in text and "ferlab.evaluate" in text
@@ -98,8 +103,8 @@ def test_record_of_a_run_cut_before_its_end_writes_nothing(tmp_path, monkeypatch
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- model=vgg9\n")
     with pytest.raises(SystemExit, match="did not finish.*resume="):
-        record.add("cut", run, "q?", None)
-    assert not (tmp_path / "experiments" / "cut").exists()
+        record.add("st/cut", run, "q?", None)
+    assert not (tmp_path / "experiments" / "st" / "cut").exists()
 
 
 def _study_with_in_run_test(record, tmp_path, ckpt: str) -> Path:
@@ -111,7 +116,7 @@ def _study_with_in_run_test(record, tmp_path, ckpt: str) -> Path:
     (run / ".hydra" / "overrides.yaml").write_text("- callbacks=ema\n")
     (run / ".hydra" / "config.yaml").write_text(
         "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
-    return record.add("s", run, "q?", None)
+    return record.add("st/s", run, "q?", None)
 
 
 def _evaluation(folder: Path, source: str, tta: str) -> Path:
@@ -174,7 +179,7 @@ def test_a_run_resumed_over_sittings_counts_every_sitting(tmp_path, monkeypatch)
         (run / ".hydra" / "overrides.yaml").write_text("- model=vgg9\n")
         (run / ".hydra" / "config.yaml").write_text(
             "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
-        record.add(name, run, "q?", None)
+        record.add(f"st/{name}", run, "q?", None)
     rows = record.table().splitlines()
     assert "| 4 | 60 min |" in next(r for r in rows if r.startswith("| [resumed]"))
     assert "| 4 | 21 min |" in next(r for r in rows if r.startswith("| [one]"))
@@ -195,7 +200,7 @@ def test_a_sittings_time_budget_is_the_recipe_only_of_a_run_it_cut_short(
     (run / ".hydra" / "config.yaml").write_text(
         "seed: 43\ndata: {num_classes: 7, train_splits: [train]}\n"
         "trainer: {precision: 32-true, max_epochs: 20}\n")
-    study = json.loads((record.add("s", run, "q?", None) / "study.json").read_text())
+    study = json.loads((record.add("st/s", run, "q?", None) / "study.json").read_text())
     assert ("callbacks.timer.duration='00:00:30:00'" in study["command"]) is kept
     assert study["command"].startswith(
         "python -m ferlab.train experiment=vgg8_gap_restart_trainval")
@@ -203,9 +208,8 @@ def test_a_sittings_time_budget_is_the_recipe_only_of_a_run_it_cut_short(
 
 
 def _model_card_module(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
-    spec = importlib.util.spec_from_file_location("model_card",
-                                                  ROOT / "experiments/model_card.py")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    spec = importlib.util.spec_from_file_location("model_card", ROOT / "tools/model_card.py")
     card = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(card)
     return card
@@ -227,13 +231,13 @@ def test_model_card_is_what_model_card_py_writes_from_its_study(monkeypatch, nam
     if not (ROOT / card.CARDS[name]).is_file():
         pytest.skip(f"no card {card.CARDS[name]}: {name!r} is not shipped in this checkout")
     text = (ROOT / card.CARDS[name]).read_text()
-    study_name = re.search(r"`experiments/(\w+)/report/report\.md`", text).group(1)
+    study_path = re.search(r"`experiments/(\w+/\w+)/report/report\.md`", text).group(1)
     model_file = ROOT / "src/ferlab/weights" / re.search(r"`ferlab/weights/([\w.]+)`",
                                                          text).group(1)
-    folder = ROOT / "experiments" / study_name
-    study = {**json.loads((folder / "study.json").read_text()), "name": study_name}
+    folder = ROOT / "experiments" / study_path
+    study = card._study(folder.name)
     report = json.loads((folder / "report/metrics.json").read_text())
-    rerun = re.search(r"study \[`(\w+)`\]", text)  # the same commands on other hardware
+    rerun = re.search(r"run \[`(\w+)`\]", text)  # the same commands on other hardware
     rerun = card._study(rerun.group(1)) if rerun else None
     assert model_file.name == SHIPPED_MODELS[name]
     assert card.render(study, report, model_file, card.stages(study), rerun, name) == text
@@ -248,3 +252,52 @@ def test_hardware_names_the_vector_unit_that_decides_bf16_speed(flags, vector):
     cpuinfo = (f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\n"
                f"processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
     assert _record_module().hardware(cpuinfo).endswith(f"CPU cores (AMD EPYC{vector})")
+
+
+def _recorded_commands():
+    for path in sorted((ROOT / "experiments").glob("*/*/study.json")):
+        yield path.parent.relative_to(ROOT / "experiments").as_posix(), json.loads(
+            path.read_text())["command"]
+
+
+@pytest.mark.parametrize(("run", "command"), list(_recorded_commands()))
+def test_every_recorded_command_still_composes(run, command):
+    """Each run's command, as recorded, composes against today's configs: a recipe ferlab keeps
+    (src/ferlab/conf/experiment) or the study's own (experiments/<study>/experiment, named by
+    --config-dir), and the experiment it names is the run's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ferlab.config import CONFIG_DIR, register_resolvers
+
+    args = command.split()
+    assert args[:3] == ["python", "-m", "ferlab.train"], command
+    args, searchpath = args[3:], []
+    if args[0] == "--config-dir":
+        folder = ROOT / args[1]
+        assert (folder / "experiment").is_dir(), f"{run}: no recipes in {folder}"
+        searchpath, args = [f"hydra.searchpath=[file://{folder}]"], args[2:]
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=args + searchpath, return_hydra_config=True)
+    experiment = next(a.split("=", 1)[1] for a in args if a.startswith("experiment="))
+    assert cfg.hydra.runtime.choices.experiment == experiment
+    assert cfg.trainer.max_epochs >= 1 and cfg.model._target_.startswith("ferlab.")
+    GlobalHydra.instance().clear()
+
+
+def test_experiment_configs_are_few_flat_overlays_on_the_defaults():
+    """conf/experiment holds the recipes a user reruns, each a flat overlay (no other experiment
+    in its defaults); one-off trials live with their study."""
+    from ferlab.config import CONFIG_DIR
+
+    files = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+    assert 1 <= len(files) <= 12
+    for file in files:
+        text = file.read_text()
+        assert text.startswith("# @package _global_"), file
+        block = text.split("\ndefaults:\n", 1)[1].split("\n\n", 1)[0] if "\ndefaults:" in text else ""
+        defaults = re.findall(r"^  - (.*)$", block, re.M)
+        assert all(d.startswith("override /") for d in defaults), (file, defaults)
+        assert not re.search(r"^name:", text, re.M), f"{file}: the run is named after the file"

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from ferlab import artifacts
+from ferlab.data import EMOTIONS
 from ferlab.data.transforms import tta_views
 from ferlab.inference.recognizer import predict_probabilities
 from ferlab.models import VGG
 from ferlab.module import EmotionModule, distillation_loss
+from ferlab.train import train
+from tests.conftest import short_cfg, trained_module
 
 
 class _FakeTrainer:
@@ -216,3 +221,50 @@ def test_progressive_resize_on_a_flatten_head_fails_before_training():
                   progressive_resize=[[0, 32], [2, 48]])
     gap._check_resize_sizes()
     assert gap.model.training
+
+
+def test_mixup_and_cutmix_train(make_cfg, tmp_path):
+    metrics = train(short_cfg(make_cfg, tmp_path / "run", [
+        "trainer.max_epochs=1", "test=false", "module.mixup_alpha=0.2",
+        "module.cutmix_alpha=1.0", "module.mix_prob=0.5"]))
+    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+
+
+def test_distillation_trains_without_keeping_the_teacher(make_cfg, tmp_path, tiny_model_file):
+    import shutil
+
+    teacher = shutil.copy(tiny_model_file, tmp_path / "teacher.pt")
+    out = tmp_path / "run"
+    metrics = train(short_cfg(make_cfg, out, [
+        "trainer.max_epochs=1", "test=false", f"module.teacher={teacher}",
+        "module.distill_weight=0.7", "module.distill_temperature=2"]))
+    assert metrics["train/distill_loss"] > 0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    saved = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert all(k.startswith(("model.", "val_acc_best.")) for k in saved["state_dict"]) and \
+        not any("teacher" in k for k in saved["state_dict"])
+    Path(teacher).unlink()  # the trained network restores without its teacher
+    module, cfg = trained_module(out / "checkpoints/last.ckpt")
+    assert cfg.module.teacher == str(teacher) and not module._teacher
+    assert artifacts.load(out).classes == EMOTIONS
+
+
+def test_distillation_from_a_bad_teacher_is_explained(make_cfg, tmp_path, tiny_model_file):
+    with pytest.raises(FileNotFoundError, match="module.teacher=.*nope.pt"):
+        train(short_cfg(make_cfg, tmp_path / "a", [
+            "trainer.max_epochs=1", "test=false", f"module.teacher={tmp_path / 'nope.pt'}"]))
+    with pytest.raises(ValueError, match="predicts 7 classes, this run 6"):
+        train(short_cfg(make_cfg, tmp_path / "b", [
+            "trainer.max_epochs=1", "test=false", "data=fer2013_6class",
+            f"module.teacher={tiny_model_file}"]))
+
+
+def test_progressive_resize_trains_and_refuses_a_flatten_head(make_cfg, tmp_path):
+    metrics = train(short_cfg(make_cfg, tmp_path / "run", [
+        "model=vgg9_gap", "trainer.max_epochs=2", "test=false",
+        "module.progressive_resize=[[0,24],[1,48]]"]))
+    assert metrics["epochs"] == 2 and torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+    with pytest.raises(ValueError, match="cannot take that size"):
+        train(short_cfg(make_cfg, tmp_path / "b", [
+            "model=vgg9", "trainer.max_epochs=1", "test=false",
+            "module.progressive_resize=[[0,32]]"]))
+

@@ -21,7 +21,7 @@ from ferlab.data import load_faces
 from tests.conftest import REAL_DATA, USER_CACHE, requires_real_data
 
 ROOT = Path(__file__).resolve().parents[1]
-CARDS = [ROOT / "MODEL_CARD.md", ROOT / "MODEL_CARD_CPU.md", ROOT / "MODEL_CARD_ENSEMBLE.md"]
+CARDS = sorted((ROOT / "docs/model_cards").glob("*.md"))
 GUARD = re.compile(r"<!-- guard: ([\w-]+) privatetest_acc=([0-9.]+) -->")
 SHIPPED = sorted([*SHIPPED_MODELS, *SHIPPED_ENSEMBLES])
 

@@ -34,14 +34,14 @@ from ferlab.data.labels import FACE_SIZE, class_names
 from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
 
 # the models inside the package, by the name EmotionRecognizer(model=...) takes: the default
-# (trained on a GPU), the one trained and timed on two CPU cores (MODEL_CARD_CPU.md), and each
+# (trained on a GPU), the one trained and timed on two CPU cores (docs/model_cards/cpu-trained.md), and each
 # as the int8 ONNX file that `python -m ferlab.export NAME F.onnx --int8` writes from it
 SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013_cpu.pt",
                   "default-int8": "ferlab_fer2013_int8.onnx",
                   "cpu-trained-int8": "ferlab_fer2013_cpu_int8.onnx"}
 TORCH_MODELS = tuple(n for n, f in SHIPPED_MODELS.items() if f.endswith(".pt"))
 # shipped ensembles: the members' probabilities averaged with equal weights (untuned: the default
-# model trained on PublicTest, so no split is left to tune weights on; MODEL_CARD_ENSEMBLE.md)
+# model trained on PublicTest, so no split is left to tune weights on; docs/model_cards/ensemble.md)
 SHIPPED_ENSEMBLES = {"ensemble": ("default", "cpu-trained"),
                      "ensemble-int8": ("default-int8", "cpu-trained-int8")}
 # PrivateTest accuracy with flip TTA, as each model card states it (a test keeps them equal)
@@ -51,7 +51,7 @@ MODEL_FILE_FORMAT = "ferlab-model/1"
 ONNX_FORMAT = "ferlab-onnx/1"
 CONFIG_KEY = "ferlab_config"  # a checkpoint's resolved run config (ferlab.checkpoint writes it)
 
-# Exactly the classes that ferlab's own configs (conf/) name; a test keeps the two in step.
+# Exactly the classes that ferlab's own configs (ferlab/conf/) name; a test keeps the two in step.
 CONFIG_TARGETS = frozenset({
     "ferlab.callbacks.EMA",
     "ferlab.callbacks.EpochSummary",

@@ -1,4 +1,4 @@
-"""Callbacks that ferlab adds to Lightning's own (configured in conf/callbacks/)."""
+"""Callbacks that ferlab adds to Lightning's own (configured in ferlab/conf/callbacks/)."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from ferlab.artifacts import is_allowed_target, targets
 
-# conf/ sits at the repository root, beside src/ (the project installs in editable mode).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# the Hydra configs ship inside the package: a wheel install finds them as an editable one does
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def run_dir(resume: str | None, default: str) -> str:
@@ -26,6 +26,11 @@ def run_dir(resume: str | None, default: str) -> str:
     path = Path(resume).expanduser()
     # a checkpoint file lives in <run dir>/checkpoints/
     return str(path.parent.parent if path.suffix == ".ckpt" else path)
+
+
+def run_name(experiment: str | None, model: str) -> str:
+    """A run's default name: its experiment's (``experiment=vgg8_gap_mix``), else its model's."""
+    return Path(experiment).name if experiment else model
 
 
 def job_subdir(num: int, overrides: str) -> str:
@@ -136,6 +141,6 @@ def check_recorded_override(override: object, record: Path) -> None:
 def register_resolvers() -> None:
     """Register ferlab's OmegaConf resolvers (idempotent)."""
     for name, func in (("ferlab.run_dir", run_dir), ("ferlab.config_subdir", config_subdir),
-                       ("ferlab.job_subdir", job_subdir)):
+                       ("ferlab.job_subdir", job_subdir), ("ferlab.run_name", run_name)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, func)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-# measured in experiments/README.md (session 13): vgg8_gap_slim's training step on an AVX2-only
-# AMD EPYC (Zen 3) ran at 142 img/s in float32 and 9 img/s under bf16 autocast
+# measured (experiments/benchmarks): vgg8_gap_slim's training step on an AVX2-only AMD
+# EPYC (Zen 3) ran at 142 img/s in float32 and 9 img/s under bf16 autocast
 SLOW_BF16 = ("this CPU ({capability}) has no bfloat16 kernels in oneDNN (they need AVX-512 or "
              "AMX), so bf16 autocast runs in slow fallback code: measured 16x slower than float32 "
              "on an AVX2-only AMD EPYC")

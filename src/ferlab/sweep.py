@@ -1,7 +1,7 @@
 """Sweeps (Hydra multiruns, grid or Optuna): checks before the first job, a record per job, and
 the summary of a whole sweep.
 
-:class:`SweepCallback` is a Hydra callback (``hydra.callbacks`` in conf/hydra/default.yaml): it
+:class:`SweepCallback` is a Hydra callback (``hydra.callbacks`` in ferlab/conf/hydra/default.yaml): it
 refuses a search whose objective no run reports or whose search space names a key that does not
 exist, before the first job; writes ``job.json`` (status, error, overrides, the returned
 objective) into every job's folder, also for a job that failed; and at the end of the multirun
@@ -71,7 +71,7 @@ def check_search(cfg: DictConfig) -> None:
                 for option in _choices(str(params[key])):
                     if not (options / f"{option}.yaml").is_file():
                         raise ValueError(f"The search space sweeps {key} over {option!r}, which is "
-                                         f"not an option of {key} (conf/{key}/: "
+                                         f"not an option of {key} (ferlab/conf/{key}/: "
                                          f"{sorted(p.stem for p in options.glob('*.yaml'))}).")
             continue
         if OmegaConf.select(cfg, key.lstrip("~"), default=_ABSENT) is _ABSENT:

@@ -1,4 +1,4 @@
-"""Train a model: ``python -m ferlab.train model=vgg9 trainer.devices=1`` (see conf/train.yaml)."""
+"""Train a model: ``python -m ferlab.train model=vgg9 trainer.devices=1`` (see ferlab/conf/train.yaml)."""
 
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def _check_precision(trainer: L.Trainer, cfg: DictConfig) -> None:
         raise ValueError(
             f"trainer.precision={trainer.precision} on the CPU: {reason}. Use "
             "trainer.precision=32-true (the recipes' accuracy does not depend on it: "
-            "experiments/README.md, session 12), or allow_slow_bf16=true to run bf16 anyway.")
+            "experiments/bf16_on_cpu), or allow_slow_bf16=true to run bf16 anyway.")
 
 
 def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:

@@ -44,7 +44,7 @@ class HaarDetector:
     ``max_side`` pixels on its longer side; boxes come back in the original pixels. On a large
     photo the smallest face found is then ``max(min_size, 24 * long side / max_side)`` pixels;
     ``max_side=0`` (or None) lifts the cap, for small faces in large group photos.
-    Defaults (measured on FER2013 faces and photos, experiments/README.md): ``min_size`` 48
+    Defaults (measured on FER2013 faces and photos, experiments/benchmarks): ``min_size`` 48
     (FER2013's resolution: smaller faces are upsampled guesses), ``scale_factor`` 1.07 on the
     shrunk scan finds as many faces as OpenCV's usual 1.1 at full size in about 70% of the time.
     ``equalize``: histogram-equalise first (measured slower, with fewer faces found).
