@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ferlab-installed
 ARGS ?=
 PYTEST_ARGS ?=
+# where make train writes its runs (paths.runs)
+RUNS ?= runs
 
 .PHONY: install train test evaluate tensorboard lint clean
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)  ## python -m ferlab.train on FER2013 (FERLAB_DATA); extra overrides in ARGS="..."
-	$(BIN)/python -m ferlab.train $(ARGS)
+	$(BIN)/python -m ferlab.train paths.runs=$(RUNS) $(ARGS)
 
 test: $(STAMP)  ## the test suite (what .ci/run runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

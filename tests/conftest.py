@@ -141,10 +141,11 @@ def run_cli(args: list[str], tmp_path: Path, data: Path | None = None, module="f
                           capture_output=True, text=True, timeout=timeout)
 
 
-def readme_commands(section: str) -> list[str]:
-    """The shell commands of a README section's ``bash`` blocks, comments removed."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+def doc_commands(page: str = "README.md", section: str | None = None) -> list[str]:
+    """The shell commands of a page's ``bash`` blocks (of one ``## section``, or of the whole
+    page), comments removed: what a test runs exactly as written."""
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0] if section else text
     commands = []
     for block in body.split("```bash\n")[1:]:
         for line in block.split("```", 1)[0].splitlines():

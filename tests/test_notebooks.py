@@ -43,7 +43,9 @@ def test_explore_notebook_runs(csv_root, tmp_path):
     assert "duplicate groups" in outputs and "image/png" in outputs
 
 
-def test_results_notebook_runs(make_cfg, tmp_path, csv_root):
+def test_results_notebook_runs(make_cfg, tmp_path, csv_root, monkeypatch):
+    """As the docs say to run it, from notebooks/ with no settings: it finds the repository's
+    runs/ and the latest report under runs/eval/<time>/, where evaluate writes."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -56,13 +58,16 @@ def test_results_notebook_runs(make_cfg, tmp_path, csv_root):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[f"ckpt_path={runs / 'baseline'}", "device=cpu",
-                                         f"data_root={csv_root}", f"output_dir={tmp_path / 'ev'}"])
+                                         f"data_root={csv_root}",
+                                         f"output_dir={runs / 'eval/2026-01-01_00-00-00'}"])
     evaluate(cfg)
     # what a command line records (train(cfg) called directly writes no Hydra record)
     (runs / "baseline/.hydra").mkdir()
     (runs / "baseline/.hydra/overrides.yaml").write_text("- model=baseline\n- model.dropout=0.3\n")
-    notebook = _execute("results.ipynb", {"FERLAB_RUNS": str(runs),
-                                          "FERLAB_REPORT": str(tmp_path / "ev")}, tmp_path)
+    monkeypatch.delenv("FERLAB_RUNS", raising=False)
+    monkeypatch.delenv("FERLAB_REPORT", raising=False)
+    (tmp_path / "notebooks").mkdir()
+    notebook = _execute("results.ipynb", {}, tmp_path / "notebooks")
     outputs = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
     assert "val/acc_best" in outputs and "image/png" in outputs
     assert "model=baseline model.dropout=0.3" in outputs  # the values a sweep job was given

@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="ferlab.serve needs the serve extra (make 
 from ferlab import EmotionRecognizer  # noqa: E402
 from ferlab.inference.images import decode_image  # noqa: E402
 from ferlab.serve import launch  # noqa: E402
-from tests.conftest import readme_commands  # noqa: E402
+from tests.conftest import doc_commands  # noqa: E402
 
 
 def _start(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
@@ -281,16 +281,16 @@ def test_web_page_in_a_real_browser(server, photo, tmp_path):
 
 
 def test_readme_serving_commands_as_written(tmp_path, photo):
-    """The README's server command exactly as written (port 8000), then its curl call."""
+    """The serving guide's server command exactly as written (port 8000), then its curl call."""
     import json
     import shlex
 
-    serve, call = readme_commands("Serving: an HTTP API and a web page")
+    serve, call = doc_commands("docs/serving.md")
     if shutil.which("curl") is None:
         pytest.skip("no curl here")
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8000)) == 0:
-            pytest.skip("port 8000 is taken on this machine; the README's command needs it")
+            pytest.skip("port 8000 is taken on this machine; the guide's command needs it")
     (tmp_path / "photo.jpg").write_bytes(photo)
     words = shlex.split(serve)
     with open(tmp_path / "serve.log", "w") as log:

@@ -22,12 +22,12 @@ from ferlab.sweep import check_search, job_dirs
 from tests.conftest import run_cli
 
 SHORT = ["trainer.max_epochs=1", "data.batch_size=8", "callbacks.progress_bar=null"]
-README = (Path(__file__).parents[1] / "README.md").read_text()
+GUIDE = (Path(__file__).parents[1] / "docs/search-and-scale.md").read_text()
 
 
 def _as_written(command: str) -> list[str]:
-    """The arguments of a ``python -m ferlab.train`` command that the README shows."""
-    assert command in README, command
+    """The arguments of a ``python -m ferlab.train`` command that the guide shows."""
+    assert command in GUIDE, command
     return command.split()[3:]
 
 

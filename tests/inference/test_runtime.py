@@ -22,7 +22,7 @@ from tests.conftest import (
     REAL_DATA,
     TINY,
     USER_CACHE,
-    readme_commands,
+    doc_commands,
     requires_real_data,
     run_cli,
 )
@@ -283,14 +283,14 @@ def test_cpu_limit_follows_the_affinity_mask(monkeypatch):
 
 
 def test_readme_deployment_commands_as_written(tmp_path, csv_root, portrait):
-    """Every command of the README's deployment section, exactly as written, in order, in one
+    """Every command of the deployment guide, exactly as written, in order, in one
     folder (FERLAB_DATA: the synthetic FER2013; photo.jpg: a real portrait)."""
     import shlex
 
     from PIL import Image
 
     Image.fromarray(portrait).save(tmp_path / "photo.jpg")
-    commands = readme_commands("Deploying: ONNX, int8 and ensembles")
+    commands = doc_commands("docs/deployment.md")
     assert len(commands) >= 4
     for command in commands:
         words = shlex.split(command)

@@ -1,0 +1,160 @@
+"""The FER2013 LightningDataModule: in-memory uint8 faces, batched tensor preprocessing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
+from ferlab.data.cache import load_faces
+from ferlab.data.labels import SPLITS, class_names, remap_labels
+from ferlab.data.sources import FaceTable
+from ferlab.data.transforms import BatchAugment, preprocess
+
+log = logging.getLogger(__name__)
+
+
+class FaceBatches(Dataset):
+    """Faces held as one uint8 tensor, indexed a whole batch at a time (no per-sample collate)."""
+
+    def __init__(self, faces: torch.Tensor, labels: torch.Tensor) -> None:
+        self.faces, self.labels = faces, labels  # (N, 1, H, W) uint8, (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.faces[index], self.labels[index]
+
+
+class Shard(Sampler[int]):
+    """Every ``world``-th index of another sampler's order, from ``rank`` on: one process's share
+    under DDP. Every process must draw the same order, so that the shares are disjoint. ``even``
+    first drops the last few indices so that every process gets as many (DDP steps in lockstep);
+    otherwise shares differ by at most one and together cover all."""
+
+    def __init__(self, sampler: Sampler[int], world: int, rank: int, even: bool) -> None:
+        self.sampler, self.world, self.rank, self.even = sampler, world, rank, even
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.sampler)
+        if self.even:
+            order = order[:len(order) - len(order) % self.world]
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.world if self.even else len(range(self.rank, n, self.world))
+
+
+class FER2013DataModule(L.LightningDataModule):
+    """FER2013's official splits (train/val/test) in the seven- or six-class view."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data/fer2013",
+        num_classes: int = 7,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        train_splits: Sequence[str] = ("train",),
+        augment: BatchAugment | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.class_names = class_names(num_classes)  # validates num_classes
+        unknown = set(train_splits) - set(SPLITS)
+        if unknown or not train_splits:
+            raise ValueError(f"train_splits must be a non-empty subset of {SPLITS}; got "
+                             f"{list(train_splits)}.")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"Batch sizes must be positive; got {batch_size}, {eval_batch_size}.")
+        self.root = Path(root)
+        self.num_classes = num_classes
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_splits = tuple(train_splits)
+        self.augment = augment
+        self.cache_dir = cache_dir
+        self.num_workers = num_workers
+        self.datasets: dict[str, FaceBatches] = {}
+
+    def prepare_data(self) -> None:
+        load_faces(self.root, self.cache_dir)  # decodes once and writes the cache
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        table = load_faces(self.root, self.cache_dir)
+        for split in SPLITS:
+            self.datasets[split] = self._to_dataset(table.select(split))
+        train = [self.datasets[s] for s in self.train_splits]
+        self.datasets["fit"] = FaceBatches(torch.cat([d.faces for d in train]),
+                                           torch.cat([d.labels for d in train]))
+        log.info("FER2013 from %s: %s", self.root,
+                 ", ".join(f"{s}={len(self.datasets[s])}" for s in SPLITS))
+
+    def _to_dataset(self, table: FaceTable) -> FaceBatches:
+        faces = torch.from_numpy(np.ascontiguousarray(table.faces)).unsqueeze(1)
+        labels = torch.from_numpy(remap_labels(table.labels, self.num_classes))
+        return FaceBatches(faces, labels)
+
+    def class_counts(self, split: str) -> np.ndarray:
+        """Number of faces per class (in output order) in a split."""
+        labels = self.datasets[split].labels.numpy()
+        return np.bincount(labels, minlength=self.num_classes)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("Call setup() before asking for a dataloader.")
+        data = self.datasets[split]
+        # under DDP each process takes its share itself (trainer use_distributed_sampler=false:
+        # Lightning's own DistributedSampler would undo the batching)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if shuffle:
+            # one process: the global stream, which seed= and resume= set; several: a stream of
+            # their own from the seed, so that all draw the same order whatever else they draw
+            stream = torch.Generator().manual_seed(torch.initial_seed()) if world > 1 else None
+            order = Shard(RandomSampler(data, generator=stream), world, rank, even=True)
+            # drop the ragged last batch (batch norm dislikes a batch of one) unless it is all
+            sampler = BatchSampler(order, self.batch_size, drop_last=len(order) > self.batch_size)
+            generator = None  # the global stream, which seed= and resume= set
+        else:
+            order = Shard(SequentialSampler(data), world, rank, even=False)
+            sampler = BatchSampler(order, self.eval_batch_size, drop_last=False)
+            # each pass draws a seed from its loader's generator: a private one keeps evaluation
+            # off the global stream, so validating or not leaves training's draws unchanged
+            generator = torch.Generator().manual_seed(0)
+        return DataLoader(data, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # faces alone: the model summary's example
+            return preprocess(batch)
+        faces, labels = batch
+        x = preprocess(faces)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, labels

@@ -1,0 +1,188 @@
+"""Evaluate a checkpoint and write a report directory:
+
+    python -m ferlab.evaluate ckpt_path=<run dir or .ckpt> [splits=[test,val]] [tta=flip]
+    python -m ferlab.evaluate ckpt_path=... folder=/data/ckplus detect_faces=false
+    python -m ferlab.evaluate ckpt_path=default tta=flip   # a model shipped with ferlab
+    python -m ferlab.evaluate ckpt_path=[runs/a,runs/b.ckpt,m.onnx] tta=flip   # an ensemble
+
+``metrics.json`` (accuracy, macro, top-2/3, per-class precision/recall/F1/support, NLL, ECE,
+the six-class view, the clean-test view, the TTA change), figures and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
+from ferlab.config import CONFIG_DIR
+from ferlab.data import SPLITS, load_faces, remap_labels, to_face
+from ferlab.data.duplicates import duplicated_in
+from ferlab.data.folders import read_labelled_folder
+from ferlab.data.labels import EMOTIONS, class_names, label_map
+from ferlab.data.sources import DataFormatError
+from ferlab.files import write_json
+from ferlab.inference.detect import make_detector
+from ferlab.inference.images import ImageError, read_image
+from ferlab.inference.recognizer import EmotionRecognizer
+from ferlab.metrics import evaluation_metrics, fold_probabilities
+from ferlab.progress import track
+from ferlab.report import markdown, save_figures
+
+log = logging.getLogger(__name__)
+SHIPPED = (*SHIPPED_MODELS, *SHIPPED_ENSEMBLES)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on FER2013 splits or a labelled folder; write the report."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ValueError("Say what to evaluate: ckpt_path=<run dir, .ckpt, model file or ONNX "
+                         "file from ferlab.export>, a list of them ([a,b]: an ensemble), or the "
+                         f"name of a shipped model ({', '.join(SHIPPED)}).")
+    source = cfg.ckpt_path
+    if OmegaConf.is_list(source):
+        source = [str(s) for s in source]
+    recognizer = EmotionRecognizer(source, device=cfg.device, tta=cfg.tta,
+                                   batch_size=cfg.batch_size,
+                                   precision=cfg.get("precision", "fp32"),
+                                   backend=cfg.get("backend", "auto"))
+    classes = recognizer.classes
+    out = Path(cfg.output_dir)
+    report: dict[str, Any] = {
+        "model": {"source": _named(source), "num_classes": len(classes),
+                  "file": [str(m.source) for m in recognizer.models] if len(recognizer.models)
+                  > 1 else str(recognizer.source),
+                  "network": [_network_name(m) for m in recognizer.models] if len(
+                      recognizer.models) > 1 else _network_name(recognizer.models[0]),
+                  "backend": recognizer.backend, "classes": list(classes)},
+        "tta": cfg.tta, "datasets": {},
+    }
+    figures = {}
+    for name, data in _datasets(cfg, classes, recognizer).items():
+        faces, labels = data.pop("faces"), torch.as_tensor(data.pop("labels"))
+        if len(labels) == 0:
+            raise ValueError(f"{name}: no faces to evaluate ({data}).")
+        probs = _predict(recognizer, faces, f"{name}: classifying")
+        metrics = evaluation_metrics(probs, labels, classes)
+        metrics.update(data.pop("info", {}))
+        if cfg.tta != "none" and cfg.compare_tta:
+            recognizer.tta = "none"
+            plain = _predict(recognizer, faces, f"{name}: classifying without TTA")
+            recognizer.tta = cfg.tta
+            metrics["no_tta"] = _headline(plain, labels, classes)
+        if len(classes) == len(EMOTIONS):
+            six = class_names(len(EMOTIONS) - 1)
+            metrics["six_class"] = evaluation_metrics(
+                fold_probabilities(probs, label_map(len(six)), len(six)),
+                torch.as_tensor(remap_labels(labels.numpy(), len(six))), six)
+        if "train_faces" in data:
+            copies = duplicated_in(faces, data.pop("train_faces"))
+            keep = torch.from_numpy(~copies)
+            metrics["clean"] = {"removed": int(copies.sum()), "n": int(keep.sum()),
+                                **_headline(probs[keep], labels[keep], classes)}
+        report["datasets"][name] = metrics
+        figures[name] = save_figures(out, name, faces, probs, labels, metrics, classes)
+        log.info("%s: acc %.4f, macro %.4f, top-2 %.4f (n=%d)", name, metrics["acc"],
+                 metrics["acc_macro"], metrics.get("acc_top2", float("nan")), metrics["n"])
+    write_json(out / "metrics.json", report)
+    (out / "report.md").write_text(markdown(report, figures))
+    return report
+
+
+def _predict(recognizer: EmotionRecognizer, faces, description: str) -> torch.Tensor:
+    """The recognizer's probabilities, a few of its batches at a time for the progress bar
+    (whole batches: the figures are those of one call)."""
+    chunk = 8 * recognizer.batch_size
+    starts = range(0, len(faces), chunk)
+    return torch.from_numpy(np.concatenate([
+        recognizer.predict_faces(faces[i:i + chunk])
+        for i in track(starts, len(starts), description)]))
+
+
+def _named(source: str | list[str]) -> str | list[str]:
+    """A source as the report names it: a shipped model's name as it is, a path normalised."""
+    if isinstance(source, list):
+        return [_named(s) for s in source]
+    return source if source in SHIPPED else str(Path(source))
+
+
+def _network_name(model) -> str:
+    """The network's class, or "onnx" (with its precision) for an ONNX file."""
+    if model.network is not None:
+        return type(model.network).__name__
+    return f"onnx ({model.meta.get('precision', 'fp32')})"
+
+
+def _headline(probs: torch.Tensor, labels: torch.Tensor, classes) -> dict[str, float]:
+    m = evaluation_metrics(probs, labels, classes)
+    return {k: m[k] for k in ("acc", "acc_macro", "acc_top2") if k in m}
+
+
+def _datasets(cfg: DictConfig, classes: tuple[str, ...],
+              recognizer: EmotionRecognizer) -> dict[str, dict[str, Any]]:
+    """{name: {"faces", "labels", ["train_faces"], ["info"]}} for the requested data."""
+    if cfg.folder:
+        loaded = read_labelled_folder(cfg.folder, classes, _face_loader(cfg, recognizer),
+                                      class_map=OmegaConf.to_container(cfg.class_map),
+                                      unreadable_errors=(ImageError, OSError))
+        info = {"excluded_classes": loaded.excluded_classes, "no_face": len(loaded.no_face),
+                "unreadable": loaded.unreadable}
+        return {Path(cfg.folder).name: {"faces": loaded.faces, "labels": loaded.labels,
+                                        "info": info}}
+    unknown = [s for s in cfg.splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"Unknown split(s) {unknown}; choose from {list(SPLITS)}.")
+    table = load_faces(cfg.data_root, cfg.paths.cache)
+    train_faces = table.select("train").faces
+    datasets = {}
+    for split in cfg.splits:
+        part = table.select(split)
+        datasets[split] = {"faces": part.faces,
+                           "labels": remap_labels(part.labels, len(classes))}
+        if cfg.clean_test and split != "train":
+            datasets[split]["train_faces"] = train_faces
+    return datasets
+
+
+def _face_loader(cfg: DictConfig, recognizer: EmotionRecognizer):
+    """Whole images as faces (pre-cropped datasets), or the largest detected face."""
+    if cfg.detect_faces:
+        recognizer.detector = make_detector(cfg.detector)
+
+    def load(path: Path) -> np.ndarray | None:
+        if not cfg.detect_faces:
+            return to_face(read_image(path, grey=True))
+        found = recognizer.detect_faces(path)  # decodes as the detector needs (grey for Haar)
+        return found[0][1] if found else None
+
+    return load
+
+
+def _run(cfg: DictConfig) -> None:
+    try:
+        report = evaluate(cfg)
+    except (DataFormatError, OSError, ValueError) as err:  # incl. a missing data root
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", err)
+        sys.exit(2)
+    for name, m in report["datasets"].items():
+        print(f"{name}: acc={m['acc']:.4f} acc_macro={m['acc_macro']:.4f} "
+              f"acc_top2={m.get('acc_top2', float('nan')):.4f} n={m['n']}")
+    print(f"report: {Path(cfg.output_dir) / 'report.md'}")
+
+
+def main() -> None:
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")(_run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""What ``ferlab.predict`` is pointed at: files, folders, glob patterns and videos."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
+                            ".wmv"})
+
+
+@dataclass(frozen=True)
+class Input:
+    """One thing to process: an existing file, or a name that resolved to nothing."""
+
+    path: Path
+    missing: bool = False
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def expand_inputs(items: list[str]) -> list[Input]:
+    """Files as given, folders recursively (hidden files skipped), glob patterns expanded;
+    a name matching nothing is kept as a missing input so it is reported, not dropped."""
+    found: list[Input] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(Input(path))
+
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if not name.startswith("."):
+                        add(Path(dirpath) / name)
+        elif path.exists():
+            add(path)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            if not files:
+                found.append(Input(path, missing=True))
+            for file in files:
+                add(file)
+        else:
+            found.append(Input(path, missing=True))
+    return found
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    time: float  # seconds
+    image: np.ndarray  # BGR (H, W, 3)
+
+
+class VideoError(ValueError):
+    """A video that cannot be opened or read."""
+
+
+def read_video(path: Path, sample_fps: float = 1.0) -> tuple[Iterator[Frame], float]:
+    """Frames sampled at about ``sample_fps`` per second, and the video's own frame rate."""
+    if sample_fps <= 0:
+        raise ValueError(f"The sampling rate must be positive; got {sample_fps}.")
+    if not Path(path).is_file():  # a named pipe would block the whole batch
+        raise VideoError(f"{path}: not a regular file (a pipe, socket or device); not read.")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise VideoError(f"{path}: cannot be opened as a video.")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    if fps <= 0 or not np.isfinite(fps):
+        fps = 25.0  # containers without a rate: assume a common one
+    step = max(1, round(fps / sample_fps))
+    expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # the container's count, if any
+
+    def frames() -> Iterator[Frame]:
+        index = 0
+        try:
+            while True:
+                ok, image = capture.read()
+                if not ok:
+                    break
+                if index % step == 0:
+                    yield Frame(index, index / fps, image)
+                index += 1
+        finally:
+            capture.release()
+        if index == 0:
+            raise VideoError(f"{path}: no frame could be decoded.")
+        if index < expected:
+            log.warning("%s: read %d of the %d frames its container lists; the rest could not "
+                        "be decoded (a truncated or damaged file?).", path, index, expected)
+
+    return frames(), fps
