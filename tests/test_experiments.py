@@ -297,7 +297,8 @@ def test_experiment_configs_are_few_flat_overlays_on_the_defaults():
     for file in files:
         text = file.read_text()
         assert text.startswith("# @package _global_"), file
-        block = text.split("\ndefaults:\n", 1)[1].split("\n\n", 1)[0] if "\ndefaults:" in text else ""
+        block = (text.split("\ndefaults:\n", 1)[1].split("\n\n", 1)[0]
+                 if "\ndefaults:" in text else "")
         defaults = re.findall(r"^  - (.*)$", block, re.M)
         assert all(d.startswith("override /") for d in defaults), (file, defaults)
         assert not re.search(r"^name:", text, re.M), f"{file}: the run is named after the file"

@@ -28,7 +28,7 @@ def installed(tmp_path_factory) -> Path:
     [wheel] = (out / "dist").glob("ferlab-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        assert "ferlab/conf/train.yaml" in names and "ferlab/conf/experiment/vgg8_gap_mix.yaml" in names
+        assert {"ferlab/conf/train.yaml", "ferlab/conf/experiment/vgg8_gap_mix.yaml"} <= set(names)
         assert "ferlab/weights/ferlab_fer2013.pt" in names and "ferlab/web/index.html" in names
     site = out / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",

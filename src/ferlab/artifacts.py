@@ -34,7 +34,8 @@ from ferlab.data.labels import FACE_SIZE, class_names
 from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
 
 # the models inside the package, by the name EmotionRecognizer(model=...) takes: the default
-# (trained on a GPU), the one trained and timed on two CPU cores (docs/model_cards/cpu-trained.md), and each
+# (trained on a GPU), the one trained and timed on two CPU cores
+# (docs/model_cards/cpu-trained.md), and each
 # as the int8 ONNX file that `python -m ferlab.export NAME F.onnx --int8` writes from it
 SHIPPED_MODELS = {"default": "ferlab_fer2013.pt", "cpu-trained": "ferlab_fer2013_cpu.pt",
                   "default-int8": "ferlab_fer2013_int8.onnx",

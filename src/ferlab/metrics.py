@@ -147,6 +147,8 @@ def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 
     counts = torch.bincount(bins, minlength=n_bins).float()
     acc = torch.zeros(n_bins).index_add_(0, bins, correct) / counts.clamp_min(1)
     mids = (edges[:-1] + edges[1:]) / 2
+    # matplotlib draws numpy arrays (tensors go through a deprecated numpy protocol)
+    counts, acc, mids = counts.numpy(), acc.numpy(), mids.numpy()
     fig = Figure(figsize=(4.2, 4.2), dpi=100)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)

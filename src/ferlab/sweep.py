@@ -1,7 +1,7 @@
 """Sweeps (Hydra multiruns, grid or Optuna): checks before the first job, a record per job, and
 the summary of a whole sweep.
 
-:class:`SweepCallback` is a Hydra callback (``hydra.callbacks`` in ferlab/conf/hydra/default.yaml): it
+:class:`SweepCallback` is a Hydra callback (``hydra.callbacks`` in ferlab/conf/hydra/default.yaml):
 refuses a search whose objective no run reports or whose search space names a key that does not
 exist, before the first job; writes ``job.json`` (status, error, overrides, the returned
 objective) into every job's folder, also for a job that failed; and at the end of the multirun

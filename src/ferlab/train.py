@@ -1,4 +1,4 @@
-"""Train a model: ``python -m ferlab.train model=vgg9 trainer.devices=1`` (see ferlab/conf/train.yaml)."""
+"""Train a model: ``python -m ferlab.train model=vgg9 trainer.devices=1`` (see conf/train.yaml)."""
 
 from __future__ import annotations
 
