@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,8 +20,15 @@ def installed(tmp_path_factory) -> Path:
     """The wheel built from this checkout, unpacked as pip installs it (without dependencies:
     they are this environment's), in a folder that comes first on the path."""
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy: a build writes build/ and *.egg-info/ beside the sources
+    source = out / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                            "--no-build-isolation", "-q", "-w", str(out / "dist"), str(ROOT)],
+                            "--no-build-isolation", "-q", "-w", str(out / "dist"), str(source)],
                            capture_output=True, text=True, timeout=600)
     if built.returncode != 0 and "No module named" in built.stderr:
         pytest.skip(f"cannot build a wheel here: {built.stderr[-300:]}")
