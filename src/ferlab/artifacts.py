@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from ferlab import priors
 from ferlab.data.labels import FACE_SIZE, class_names
 from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
 
@@ -48,6 +49,10 @@ SHIPPED_ENSEMBLES = {"ensemble": ("default", "cpu-trained"),
 # PrivateTest accuracy with flip TTA, as each model card states it (a test keeps them equal)
 SHIPPED_ACCURACY = {"default": 0.7295, "cpu-trained": 0.7225, "default-int8": 0.7289,
                     "cpu-trained-int8": 0.7208, "ensemble": 0.7442, "ensemble-int8": 0.7423}
+# the faces the shipped models trained on, per class: FER2013 Training + PublicTest, as their
+# model cards say (a data test counts them again); their recorded class prior (ferlab.priors)
+SHIPPED_TRAINING_COUNTS = {"angry": 4462, "disgust": 492, "fear": 4593, "happy": 8110,
+                           "sad": 5483, "surprise": 3586, "neutral": 5572}
 MODEL_FILE_FORMAT = "ferlab-model/1"
 ONNX_FORMAT = "ferlab-onnx/1"
 CONFIG_KEY = "ferlab_config"  # a checkpoint's resolved run config (ferlab.checkpoint writes it)
@@ -90,7 +95,8 @@ class UnsafeArtifactError(ValueError):
 class Artifact:
     """A loaded model: the network (eval mode, float32 on the CPU; for an ONNX file, a
     :class:`ferlab.inference.runtime.OnnxNetwork`), its class names, the file it came from and
-    the file's metadata (``tta``, ``model`` config, ``recipe``, ``format`` ...)."""
+    the file's metadata (``tta``, ``model`` config, ``recipe``, ``format``, ``prior`` (the
+    class prior record of :mod:`ferlab.priors`, None for a file written before them) ...)."""
 
     network: Any
     classes: tuple[str, ...]
@@ -249,8 +255,28 @@ def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Ten
                      "or run directory written by ferlab.train, or a file from ferlab.export.")
 
 
+def shipped_prior() -> dict[str, Any]:
+    """The class prior record of the shipped models (all trained on the same faces)."""
+    counts = list(SHIPPED_TRAINING_COUNTS.values())
+    train = priors.frequencies(counts, list(SHIPPED_TRAINING_COUNTS))
+    return {"train": train, "output": dict(train), "faces": sum(counts),
+            "splits": ["train", "val"]}
+
+
 def load(source: str | os.PathLike | None) -> Artifact:
     """The network (eval mode), classes and metadata of any source (see the module's text)."""
+    artifact = _load(source)
+    if artifact.meta.get("prior") is None and (source is None or source in SHIPPED_MODELS):
+        artifact.meta["prior"] = shipped_prior()
+    prior = artifact.meta.get("prior")
+    if prior is not None and not (isinstance(prior, dict) and isinstance(prior.get("train"), dict)
+                                  and isinstance(prior.get("output"), dict)):
+        raise ValueError(f"{artifact.file}: its class prior record is damaged ({prior!r}); "
+                         "export the model again.")
+    return artifact
+
+
+def _load(source: str | os.PathLike | None) -> Artifact:
     file = resolve(source)
     if file.suffix == ".onnx":
         return _load_onnx(file)
@@ -270,7 +296,7 @@ def load(source: str | os.PathLike | None) -> Artifact:
                 "recipe": {"name": config.get("name"), "seed": config.get("seed"),
                            "max_epochs": config.get("trainer", {}).get("max_epochs"),
                            "checkpoint": file.name},
-                "config": config}
+                "config": config, "prior": payload.get(priors.PRIOR_KEY)}
         return Artifact(_network(config["model"], weights, file), class_names(num_classes),
                         file, meta)
     payload = read_torch_file(file, "ferlab model file")
@@ -320,7 +346,8 @@ def _check_model_file(payload: dict, file: Path) -> None:
 
 # --- ONNX files --------------------------------------------------------------------------------
 def onnx_metadata(classes: tuple[str, ...], tta: str, precision: str, source: str,
-                  model_version: str, network: dict, recipe: dict) -> dict[str, str]:
+                  model_version: str, network: dict, recipe: dict,
+                  prior: dict | None = None) -> dict[str, str]:
     """The metadata a ferlab ONNX file carries (strings, as ONNX stores them): all a user of the
     file needs besides the graph, in any runtime."""
     from ferlab import __version__
@@ -340,6 +367,7 @@ def onnx_metadata(classes: tuple[str, ...], tta: str, precision: str, source: st
         "ferlab.version": __version__,
         "ferlab.network": json.dumps(network),
         "ferlab.recipe": json.dumps(recipe, default=str),
+        **({"ferlab.prior": json.dumps(prior)} if prior is not None else {}),
     }
 
 
@@ -369,5 +397,6 @@ def _load_onnx(file: Path) -> Artifact:
     info = {k.removeprefix("ferlab."): v for k, v in meta.items() if k.startswith("ferlab.")}
     info["model"] = json.loads(info.pop("network", "{}"))
     info["recipe"] = json.loads(info.get("recipe", "{}"))
+    info["prior"] = json.loads(info["prior"]) if "prior" in info else None
     info["classes"] = classes
     return Artifact(network, classes, file, info)

@@ -53,7 +53,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     recognizer = EmotionRecognizer(source, device=cfg.device, tta=cfg.tta,
                                    batch_size=cfg.batch_size,
                                    precision=cfg.get("precision", "fp32"),
-                                   backend=cfg.get("backend", "auto"))
+                                   backend=cfg.get("backend", "auto"),
+                                   prior=_prior(cfg.get("prior", "train")))
     classes = recognizer.classes
     out = Path(cfg.output_dir)
     report: dict[str, Any] = {
@@ -63,7 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                   "network": [_network_name(m) for m in recognizer.models] if len(
                       recognizer.models) > 1 else _network_name(recognizer.models[0]),
                   "backend": recognizer.backend, "classes": list(classes)},
-        "tta": cfg.tta, "datasets": {},
+        "tta": cfg.tta, "prior": recognizer.prior, "datasets": {},
     }
     figures = {}
     for name, data in _datasets(cfg, classes, recognizer).items():
@@ -78,6 +79,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             plain = _predict(recognizer, faces, f"{name}: classifying without TTA")
             recognizer.tta = cfg.tta
             metrics["no_tta"] = _headline(plain, labels, classes)
+        other = _other_prior(recognizer)
+        if other is not None:  # the same faces under the other prior: accuracy, balanced acc
+            main_prior, recognizer.prior = recognizer.prior, other
+            moved = _predict(recognizer, faces, f"{name}: classifying with prior {other}")
+            recognizer.prior = main_prior
+            metrics[f"{other}_prior"] = _prior_view(moved, labels, classes)
         if len(classes) == len(EMOTIONS):
             six = class_names(len(EMOTIONS) - 1)
             metrics["six_class"] = evaluation_metrics(
@@ -105,6 +112,26 @@ def _predict(recognizer: EmotionRecognizer, faces, description: str) -> torch.Te
     return torch.from_numpy(np.concatenate([
         recognizer.predict_faces(faces[i:i + chunk])
         for i in track(starts, len(starts), description)]))
+
+
+def _prior(value: Any) -> str | dict[str, float]:
+    """prior=train|uniform|{class: frequency} from the command line."""
+    return OmegaConf.to_container(value) if OmegaConf.is_dict(value) else str(value)
+
+
+def _other_prior(recognizer: EmotionRecognizer) -> str | None:
+    """The named prior the report also shows (uniform beside train, train beside any other),
+    when every model records the prior it trained with."""
+    if any(m.meta.get("prior") is None for m in recognizer.models):
+        return None
+    return "uniform" if recognizer.prior == "train" else "train"
+
+
+def _prior_view(probs: torch.Tensor, labels: torch.Tensor, classes) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean per-class recall) and each class's recall."""
+    m = evaluation_metrics(probs, labels, classes)
+    return {"acc": m["acc"], "acc_macro": m["acc_macro"],
+            "recall": {c: v["recall"] for c, v in m["per_class"].items()}}
 
 
 def _named(source: str | list[str]) -> str | list[str]:

@@ -30,6 +30,15 @@ def classification_metrics(num_classes: int, stage: str) -> MetricCollection:
     )
 
 
+def uniform_prior_metrics(num_classes: int, stage: str) -> MetricCollection:
+    """Accuracy and balanced accuracy (the mean of the per-class recalls) of the predictions
+    moved to a uniform class prior (``ferlab.priors``): ``val/acc_uniform_prior`` ..."""
+    return MetricCollection(
+        {"acc": MulticlassAccuracy(num_classes, average="micro"),
+         "acc_macro": MulticlassAccuracy(num_classes, average="macro")},
+        prefix=f"{stage}/", postfix="_uniform_prior", compute_groups=False)
+
+
 def per_class_recall(num_classes: int) -> MulticlassRecall:
     return MulticlassRecall(num_classes, average="none")
 

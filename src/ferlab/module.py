@@ -14,12 +14,14 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchvision.transforms import v2
 
+from ferlab import priors
 from ferlab.data.labels import EMOTIONS, FACE_SIZE, class_names
 from ferlab.metrics import (
     classification_metrics,
     confusion_figure,
     confusion_matrix,
     per_class_recall,
+    uniform_prior_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,19 @@ class EmotionModule(L.LightningModule):
         distill_weight: float = 0.5,
         distill_temperature: float = 4.0,
         progressive_resize: Sequence[Sequence[int]] | None = None,
+        logit_adjust_tau: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= logit_adjust_tau <= 2.0:
+            raise ValueError(f"logit_adjust_tau must be in [0, 2] (1 is Menon et al.'s "
+                             f"logit-adjusted loss, 0 plain cross-entropy); got "
+                             f"{logit_adjust_tau}.")
+        self.logit_adjust_tau = logit_adjust_tau
+        # log class priors (C,): the training faces' (for the logit-adjusted loss) and the one
+        # the outputs carry (for the uniform-prior figures); set from the data at setup
+        self.register_buffer("log_train_prior", torch.zeros(num_classes), persistent=False)
+        self.register_buffer("log_output_prior", torch.zeros(num_classes), persistent=False)
+        self.prior_record: dict | None = None
         self.resize_steps = _resize_steps(progressive_resize)
         if not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
             raise ValueError(f"distill_weight must be in [0, 1] and distill_temperature > 0; got "
@@ -112,6 +125,8 @@ class EmotionModule(L.LightningModule):
             {f"{s}_": confusion_matrix(num_classes) for s in EVAL_STAGES}
         )
         self.recall = nn.ModuleDict({f"{s}_": per_class_recall(num_classes) for s in EVAL_STAGES})
+        self.uniform = nn.ModuleDict(
+            {f"{s}_": uniform_prior_metrics(num_classes, s) for s in EVAL_STAGES})
         # in the checkpoints, so that a resumed run's best counts every sitting, not the last
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -135,7 +150,10 @@ class EmotionModule(L.LightningModule):
             y = target.argmax(dim=1)
         logits = self(x)
         smoothing = self.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        fitted = logits.float()
+        if stage == "train" and self.logit_adjust_tau:  # Menon et al. 2021: tau * log prior
+            fitted = fitted + self.logit_adjust_tau * self.log_train_prior
+        loss = F.cross_entropy(fitted, target, label_smoothing=smoothing)
         if stage == "train" and self._teacher:
             with torch.no_grad():
                 teacher_logits = self._teacher[0](x.contiguous(memory_format=torch.channels_last))
@@ -153,6 +171,9 @@ class EmotionModule(L.LightningModule):
             preds = logits.argmax(dim=1)
             self.confusion[f"{stage}_"].update(preds, y)
             self.recall[f"{stage}_"].update(preds, y)
+            uniform = self.uniform[f"{stage}_"]
+            uniform.update(logits.detach().float() - self.log_output_prior, y)
+            self.log_dict(uniform, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def train_size(self, epoch: int) -> int | None:
@@ -178,6 +199,26 @@ class EmotionModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    # --- class priors --------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """The class prior of the training faces, from the data module: what the logit-adjusted
+        loss adds, what the uniform-prior figures remove, and what checkpoints record."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is None or not hasattr(datamodule, "class_counts"):
+            return
+        counts = datamodule.class_counts("fit")
+        train = priors.frequencies(counts, self.class_names)
+        output = priors.output_prior(train, self.logit_adjust_tau,
+                                     getattr(datamodule, "balanced_sampling", False))
+        self.prior_record = {"train": train, "output": output, "faces": int(counts.sum()),
+                             "splits": list(datamodule.train_splits)}
+        self.log_train_prior.copy_(torch.tensor(list(train.values())).clamp_min(1e-12).log())
+        self.log_output_prior.copy_(torch.tensor(list(output.values())).clamp_min(1e-12).log())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.prior_record is not None:
+            checkpoint[priors.PRIOR_KEY] = self.prior_record
 
     # --- epoch ends ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:

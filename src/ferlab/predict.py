@@ -33,6 +33,7 @@ from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
 from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
 from ferlab.inference.runtime import BACKENDS
+from ferlab.priors import NAMED_PRIORS
 
 log = logging.getLogger(__name__)
 SHIPPED = (*SHIPPED_MODELS, *SHIPPED_ENSEMBLES)
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="the engine: auto (ONNX Runtime on a CPU, else PyTorch), torch or "
                         "onnxruntime")
+    p.add_argument("--prior", choices=NAMED_PRIORS, default=None,
+                   help="the class mix the probabilities assume: uniform (the default for "
+                        "models that record their training mix: every emotion alike, since "
+                        "photos are not FER2013's mix) or train (the mix the model trained on, "
+                        "as its FER2013 figures)")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
     p.add_argument("--min-face", type=POSITIVE_INT, default=48, help="smallest face side in pixels")
     p.add_argument("--scale-factor", type=_number(float, 1, inclusive=False),
@@ -243,7 +249,8 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
         model = args.model[0] if args.model and len(args.model) == 1 else args.model
         recognizer = EmotionRecognizer(model, device=args.device, tta=args.tta,
                                        detector=detector, margin=args.margin,
-                                       precision=args.precision, backend=args.backend)
+                                       precision=args.precision, backend=args.backend,
+                                       prior=args.prior)
         if args.feature_maps:
             recognizer.network  # noqa: B018 (refuses a model without PyTorch layers, up front)
     except (FileNotFoundError, ValueError) as err:  # a bad --model: say so, no traceback

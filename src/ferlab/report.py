@@ -56,8 +56,9 @@ def markdown(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
     backend = f"; backend: {head['backend']}" if "backend" in head else ""
     lines = [f"# Evaluation of `{source}`", "",
              f"Model: `{network}`, {head['num_classes']} classes; test-time "
-             f"augmentation: **{report['tta']}**{backend}.", "",
-             "| data | n | acc | macro acc | top-2 | top-3 | NLL | ECE |",
+             f"augmentation: **{report['tta']}**{backend}; class prior: "
+             f"**{report.get('prior', 'train')}**.", "",
+             "| data | n | acc | balanced acc | top-2 | top-3 | NLL | ECE |",
              "|---|---|---|---|---|---|---|---|"]
     for name, m in report["datasets"].items():
         lines.append(f"| {name} | {m['n']} | {m['acc']:.4f} | {m['acc_macro']:.4f} | "
@@ -70,6 +71,12 @@ def markdown(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
             lines.append(f"- Without TTA: acc {m['no_tta']['acc']:.4f}, macro "
                          f"{m['no_tta']['acc_macro']:.4f}; {report['tta']} changes acc by "
                          f"{m['acc'] - m['no_tta']['acc']:+.4f}.")
+        for key in ("uniform_prior", "train_prior"):
+            if key in m:
+                v = m[key]
+                recalls = ", ".join(f"{c} {r:.3f}" for c, r in v["recall"].items())
+                lines.append(f"- With the {key.split('_')[0]} class prior: acc {v['acc']:.4f}, "
+                             f"balanced acc {v['acc_macro']:.4f}; recall {recalls}.")
         if "clean" in m:
             c = m["clean"]
             lines.append(f"- Clean view: {c['removed']} of {m['n']} images are exact copies "

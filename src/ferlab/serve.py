@@ -37,6 +37,7 @@ from ferlab.inference.annotate import annotate
 from ferlab.inference.images import ImageError, ImageTooLargeError, decode_image
 from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.inference.runtime import BACKENDS, cpu_limit
+from ferlab.priors import NAMED_PRIORS
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Service:
     def describe(self) -> dict[str, Any]:
         r = self.recognizer
         return {**self.model_id(), "classes": list(r.classes), "backend": r.backend,
-                "tta": r.tta, "files": [m.source.name for m in r.models],
+                "tta": r.tta, "prior": r.prior, "files": [m.source.name for m in r.models],
                 "privatetest_acc": artifacts.SHIPPED_ACCURACY.get(self.name),
                 "ferlab": __version__,
                 "limits": {"max_bytes": self.limits.max_bytes,
@@ -155,7 +156,8 @@ class Service:
                            "max_faces": self.limits.max_faces}}
 
 
-def build_app(model: Any = None, limits: Limits | None = None, backend: str = "auto"):
+def build_app(model: Any = None, limits: Limits | None = None, backend: str = "auto",
+              prior: str | None = None):
     """The FastAPI application serving ``model`` (a shipped name, a path or a list)."""
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -167,7 +169,8 @@ def build_app(model: Any = None, limits: Limits | None = None, backend: str = "a
     if limits.workers < 1 or limits.queue < 0:
         raise ValueError(f"workers must be >= 1 and queue >= 0; got {limits.workers} and "
                          f"{limits.queue}.")
-    recognizers = [EmotionRecognizer(model, backend=backend) for _ in range(limits.workers)]
+    recognizers = [EmotionRecognizer(model, backend=backend, prior=prior)
+                   for _ in range(limits.workers)]
     service = Service(recognizers, name, limits)
     app = FastAPI(title="ferlab", version=__version__,
                   description="Facial expression recognition: faces, boxes and the "
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a shipped model (default, cpu-trained, *-int8, ensemble, "
                              "ensemble-int8), a model or ONNX file, a .ckpt or a run directory")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--prior", choices=NAMED_PRIORS, default=None,
+                        help="the class mix the probabilities assume (as ferlab.predict)")
     parser.add_argument("--workers", type=int, default=Limits.workers,
                         help="inferences at once")
     parser.add_argument("--queue", type=int, default=Limits.queue,
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     # the workers share the CPUs: each engine gets its share (ONNX Runtime follows torch's)
     torch.set_num_threads(max(1, cpu_limit() // max(1, args.workers)))
     try:
-        app = build_app(args.model, limits, args.backend)
+        app = build_app(args.model, limits, args.backend, args.prior)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

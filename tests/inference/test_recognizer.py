@@ -51,14 +51,14 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns(model_file, monkeypatch, caplo
     monkeypatch.setattr("ferlab.inference.recognizer.slow_bf16_reason",
                         lambda: "no bf16 kernels here")
     with caplog.at_level(logging.WARNING, logger="ferlab.inference.recognizer"):
-        EmotionRecognizer(model_file)
+        EmotionRecognizer(model_file, prior="train")
         assert not caplog.records  # fp32 is never warned about
-        EmotionRecognizer(model_file, precision="bf16")
+        EmotionRecognizer(model_file, precision="bf16", prior="train")
     assert "no bf16 kernels here" in caplog.text and "precision='fp32'" in caplog.text
     monkeypatch.setattr("ferlab.inference.recognizer.slow_bf16_reason", lambda: None)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ferlab.inference.recognizer"):
-        EmotionRecognizer(model_file, precision="bf16")
+        EmotionRecognizer(model_file, precision="bf16", prior="train")
     assert not caplog.records
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import (
     RandomSampler,
     Sampler,
     SequentialSampler,
+    WeightedRandomSampler,
 )
 
 from ferlab.data.cache import load_faces
@@ -73,6 +74,7 @@ class FER2013DataModule(L.LightningDataModule):
         augment: BatchAugment | None = None,
         cache_dir: str | os.PathLike | None = None,
         num_workers: int = 0,
+        balanced_sampling: bool = False,
     ) -> None:
         super().__init__()
         self.class_names = class_names(num_classes)  # validates num_classes
@@ -89,6 +91,9 @@ class FER2013DataModule(L.LightningDataModule):
         self.augment = augment
         self.cache_dir = cache_dir
         self.num_workers = num_workers
+        # draw training faces with probability 1 / (their class's count): every class equally
+        # often on average, so the network does not learn the training mix as a prior
+        self.balanced_sampling = balanced_sampling
         self.datasets: dict[str, FaceBatches] = {}
 
     def prepare_data(self) -> None:
@@ -128,7 +133,13 @@ class FER2013DataModule(L.LightningDataModule):
             # one process: the global stream, which seed= and resume= set; several: a stream of
             # their own from the seed, so that all draw the same order whatever else they draw
             stream = torch.Generator().manual_seed(torch.initial_seed()) if world > 1 else None
-            order = Shard(RandomSampler(data, generator=stream), world, rank, even=True)
+            if self.balanced_sampling:
+                weights = 1.0 / torch.bincount(data.labels, minlength=self.num_classes).double()
+                draws = WeightedRandomSampler(weights[data.labels], len(data), replacement=True,
+                                              generator=stream)
+            else:
+                draws = RandomSampler(data, generator=stream)
+            order = Shard(draws, world, rank, even=True)
             # drop the ragged last batch (batch norm dislikes a batch of one) unless it is all
             sampler = BatchSampler(order, self.batch_size, drop_last=len(order) > self.batch_size)
             generator = None  # the global stream, which seed= and resume= set

@@ -44,7 +44,7 @@ def save_feature_maps(network: nn.Module, face: np.ndarray, path: str | os.PathL
         hi = channels.amax(dim=(2, 3), keepdim=True)
         grid = make_grid((channels - lo) / (hi - lo).clamp_min(1e-6), nrow=8, padding=1,
                          pad_value=1.0)
-        ax.imshow(grid[0], cmap="viridis")
+        ax.imshow(grid[0].numpy(), cmap="viridis")
         ax.set_title(f"after pooling {i}: {fmap.shape[0]}x{fmap.shape[1]}x{fmap.shape[2]}")
     for ax in axes:
         ax.axis("off")

@@ -41,14 +41,17 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike,
     model file is written again, e.g. to store it in float16 or change its TTA."""
     artifact = _torch_artifact(source)
     return save_model(artifact.network, artifact.meta["model"], artifact.classes, output,
-                      tta=tta, recipe=artifact.meta.get("recipe"), half=half)
+                      tta=tta, recipe=artifact.meta.get("recipe"), half=half,
+                      prior=artifact.meta.get("prior"))
 
 
 def save_model(network: nn.Module, model_cfg: dict[str, Any], classes: tuple[str, ...],
                output: str | os.PathLike, tta: str = "none",
-               recipe: dict[str, Any] | None = None, half: bool = False) -> Path:
+               recipe: dict[str, Any] | None = None, half: bool = False,
+               prior: dict[str, Any] | None = None) -> Path:
     """Save a network with the config that builds it (atomically: never a half-written file).
-    ``half`` stores floating-point weights as float16."""
+    ``half`` stores floating-point weights as float16; ``prior`` is the class prior record
+    (:mod:`ferlab.priors`) of the faces it trained on."""
 
     def stored(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().cpu()
@@ -64,6 +67,7 @@ def save_model(network: nn.Module, model_cfg: dict[str, Any], classes: tuple[str
         "face_size": FACE_SIZE,
         "tta": tta,
         "recipe": recipe or {},
+        **({"prior": prior} if prior is not None else {}),
     }
     return _write(output, lambda handle: torch.save(payload, handle))
 
@@ -131,7 +135,8 @@ def onnx_model(artifact: artifacts.Artifact, tta: str, source: str | os.PathLike
         classes=artifact.classes, tta=tta, precision="fp32",
         source=source if shipped else artifact.file.name,  # a name, never a machine's path
         model_version=hashlib.sha256(artifact.file.read_bytes()).hexdigest()[:12],
-        network=artifact.meta.get("model", {}), recipe=artifact.meta.get("recipe") or {})
+        network=artifact.meta.get("model", {}), recipe=artifact.meta.get("recipe") or {},
+        prior=artifact.meta.get("prior"))
     onnx.helper.set_model_props(model, metadata)
     return model.SerializeToString()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferlab import artifacts
+from ferlab import artifacts, priors
 from ferlab.data.transforms import TTA_MODES, preprocess, to_face, tta_views
 from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_crop_box
 from ferlab.inference.images import as_bgr, read_image, to_grey
@@ -36,6 +36,8 @@ class LoadedModel:
     backend: str
     source: Path
     meta: dict[str, Any]
+    # target prior / the prior the outputs carry, per class (None: the outputs as they are)
+    prior_factor: np.ndarray | None = None
 
 
 class EmotionRecognizer:
@@ -54,12 +56,19 @@ class EmotionRecognizer:
     as fast on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs, slower on other CPUs (a
     warning says so on a CPU with no oneDNN bf16 kernels at all, where it is an order of
     magnitude slower); "fp32" (the default) gives the same numbers everywhere.
+    ``prior``: the class mix the probabilities assume (:mod:`ferlab.priors`). "uniform" gives
+    every emotion the same prior: a user's photos do not come in FER2013's mix (happy 25%,
+    disgust 1.5%), and a uniform prior is what a class-balanced accuracy rewards
+    (docs/inference.md). "train" keeps the mix the model trained on, which reproduces its
+    FER2013 figures exactly; a ``{class: frequency}`` mapping names any other mix. None (the
+    default): "uniform" for models that record their training prior (the shipped ones, and
+    every file ferlab writes), the model as it is for an older file (with a warning).
     """
 
     def __init__(self, model: str | os.PathLike | Sequence | None = None, device: str = "cpu",
                  tta: str | None = None, detector: FaceDetector | None = None,
                  batch_size: int = 32, margin: float = 0.1, precision: str = "fp32",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", prior: str | Mapping[str, float] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
         if not (isinstance(batch_size, int) and batch_size >= 1) or not margin >= 0:
@@ -86,6 +95,7 @@ class EmotionRecognizer:
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}; got {tta!r}.")
         self.tta = tta
+        self.prior = prior
         if precision == "bf16" and self.device.type == "cpu" and (reason := slow_bf16_reason()):
             log.warning("precision='bf16': %s; precision='fp32' is faster here.", reason)
         self.detector = detector
@@ -107,6 +117,26 @@ class EmotionRecognizer:
         # channels_last: measured ~1.7x faster convolutions on CPU (oneDNN), also right on GPU
         network = network.to(self.device).to(memory_format=torch.channels_last)
         return LoadedModel(network, network, engine, artifact.file, meta)
+
+    @property
+    def prior(self) -> str | Mapping[str, float]:
+        """The class prior the probabilities assume; setting it moves them (no reload)."""
+        return self._prior
+
+    @prior.setter
+    def prior(self, prior: str | Mapping[str, float] | None) -> None:
+        if prior is None:
+            unknown = [str(m.source) for m in self.models if m.meta.get("prior") is None]
+            if unknown:
+                log.warning("%s records no class prior (written before ferlab recorded them): "
+                            "its probabilities keep the training mix; export it again to move "
+                            "them to a uniform prior.", ", ".join(unknown))
+            prior = "train" if unknown else "uniform"
+        factors = [priors.target_vector(prior, self.classes, m.meta.get("prior"),
+                                        where=str(m.source)) for m in self.models]
+        for model, factor in zip(self.models, factors):
+            model.prior_factor = factor
+        self._prior = prior
 
     @property
     def source(self) -> Path | list[Path]:
@@ -182,7 +212,7 @@ class EmotionRecognizer:
                         model.run, x.contiguous(memory_format=torch.channels_last), self.tta)
             else:
                 probs = predict_probabilities(model.run, x, self.tta)
-            total = total + probs.cpu()
+            total = total + priors.adjust(probs.cpu(), model.prior_factor)
         return (total / len(self.models)).numpy()
 
     # --- whole images ------------------------------------------------------------------------
