@@ -37,12 +37,19 @@ def test_evaluate_writes_report(make_cfg, tmp_path, csv_root):
     assert {"acc", "acc_macro", "acc_top2", "acc_top3", "nll", "ece", "per_class",
             "wrong_answer_rank", "six_class", "no_tta", "clean"} <= set(test)
     assert test["clean"]["removed"] == 0  # the synthetic faces are all different
+    # the model as trained (prior=train, its figures above) and under a uniform class prior
+    assert saved["prior"] == "train"
+    uniform = test["uniform_prior"]
+    assert set(uniform) == {"acc", "acc_macro", "recall"} and set(uniform["recall"]) == set(
+        test["per_class"])
+    assert uniform["acc_macro"] == pytest.approx(sum(uniform["recall"].values()) / 7)
     assert set(test["per_class"]["happy"]) == {"precision", "recall", "f1", "support"}
     for figure in ("confusion_counts", "confusion_normalised", "per_class", "reliability",
                    "wrong_answer_rank", "mistakes"):
         assert (tmp_path / f"eval/test_{figure}.png").stat().st_size > 1000
     text = (tmp_path / "eval/report.md").read_text()
     assert "| test | 14 |" in text and "![mistakes](test_mistakes.png)" in text
+    assert "class prior: **train**" in text and "With the uniform class prior: acc" in text
 
 
 def test_evaluate_takes_a_shipped_model_by_name_and_asks_for_a_missing_one(tmp_path, csv_root):

@@ -62,3 +62,15 @@ def test_short_real_training_beats_chance(make_cfg, tmp_path):
     assert metrics["val/acc"] > majority + 0.06
     assert metrics["test/acc"] > majority + 0.06
     assert metrics["val/acc_top2"] > metrics["val/acc"]
+
+
+def test_shipped_models_record_the_mix_of_the_faces_they_trained_on():
+    """Both shipped models trained on Training + PublicTest (their model cards): the prior
+    ferlab records for them is that mix, counted again from the data module."""
+    from ferlab.artifacts import SHIPPED_TRAINING_COUNTS, shipped_prior
+
+    dm = FER2013DataModule(REAL_DATA, train_splits=["train", "val"], cache_dir=USER_CACHE)
+    dm.setup()
+    counts = dm.class_counts("fit")
+    assert dict(zip(EMOTIONS, counts.tolist())) == SHIPPED_TRAINING_COUNTS
+    assert list(shipped_prior()["train"].values()) == pytest.approx(counts / counts.sum())

@@ -20,6 +20,7 @@ import torch
 import yaml
 from record import find, stages, train_seconds  # tools/record.py, beside this script
 
+from ferlab import artifacts
 from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.config import CONFIG_DIR
 
@@ -213,8 +214,10 @@ figures again (confusion matrices, reliability diagram, rank of the truth when w
 confident mistakes).
 
 <!-- guard: {name} privatetest_acc={test["acc"]:.4f} -->
-CI recomputes the PrivateTest accuracy through `EmotionRecognizer({call})` and fails below
-{test["acc"]:.4f} - 0.005.
+CI recomputes the PrivateTest accuracy through `EmotionRecognizer({call}{", " if call else ""}prior="train")` and
+fails below {test["acc"]:.4f} - 0.005.
+
+{priors_section(name)}
 
 {deployment(name, test)}
 
@@ -242,6 +245,48 @@ def _deployment_report(name: str) -> dict:
 
 def _benchmark() -> dict:
     return json.loads((DEPLOYMENT / "benchmark.json").read_text())
+
+
+def priors_section(name: str) -> str:
+    """The card's class-prior section: PrivateTest accuracy, balanced accuracy and each class's
+    recall under the training mix (the model as trained) and a uniform prior (the default),
+    from ``python -m ferlab.evaluate ckpt_path=NAME tta=flip splits=[test]`` kept by
+    ``record.py deployment``."""
+    report = _deployment_report(name)
+    test = report["datasets"]["test"]
+    if report.get("prior", "train") != "train" or "uniform_prior" not in test:
+        raise SystemExit(f"{DEPLOYMENT / name}: evaluate it again with this ferlab "
+                         "(prior=train, the default), whose report adds the uniform prior")
+    classes = report["model"]["classes"]
+    views = {"train": {"acc": test["acc"], "acc_macro": test["acc_macro"],
+                       "recall": {c: v["recall"] for c, v in test["per_class"].items()}},
+             "uniform": test["uniform_prior"]}
+    calls = {"train": f'`EmotionRecognizer("{name}", prior="train")`',
+             "uniform": f'`EmotionRecognizer("{name}")` (the default)'}
+    rows = "\n".join(
+        f"| {prior} | {calls[prior]} | {v['acc']:.4f} | {v['acc_macro']:.4f} | "
+        + " | ".join(f"{v['recall'][c]:.3f}" for c in classes) + " |"
+        for prior, v in views.items())
+    mix = artifacts_prior()
+    mix_text = ", ".join(f"{c} {100 * f:.1f}%" for c, f in mix.items())
+    return f"""## Class priors
+
+The model learnt the class mix of its training faces (FER2013 Training + PublicTest: {mix_text})
+as a prior. `EmotionRecognizer("{name}")`, `ferlab.predict` and `ferlab.serve` move its
+probabilities to a uniform prior by default (every emotion alike: a user's photos are not
+FER2013's mix); `prior="train"` keeps the mix and gives the figures above. PrivateTest with flip,
+balanced accuracy being the mean of the per-class recalls (every class weighted alike: the
+figure a developer can measure for photos in an unknown mix), then each class's recall
+(`experiments/deployment/{name}/report.md`):
+
+| prior | call | acc | balanced acc | {" | ".join(classes)} |
+|---|---|---|---|{"---|" * len(classes)}
+{rows}"""
+
+
+def artifacts_prior() -> dict[str, float]:
+    """The shipped models' training mix (ferlab.artifacts.SHIPPED_TRAINING_COUNTS)."""
+    return artifacts.shipped_prior()["train"]
 
 
 def deployment(name: str, test: dict) -> str:
@@ -285,7 +330,7 @@ evaluation (`experiments/deployment/{int8_name}/report.md`): PrivateTest {int8["
 TFLite classifier runs {fer["faces_s_batch1"]:.0f} faces/s one at a time on the same cores at {fer["acc"]:.4f}.{ensemble}
 
 <!-- guard: {int8_name} privatetest_acc={int8["acc"]:.4f} -->
-CI recomputes it through `EmotionRecognizer("{int8_name}")` and fails below {int8["acc"]:.4f} - 0.005."""
+CI recomputes it through `EmotionRecognizer("{int8_name}", prior="train")` and fails below {int8["acc"]:.4f} - 0.005."""
 
 
 def render_ensemble() -> str:
@@ -353,8 +398,10 @@ in metrics.json beside it).
 
 <!-- guard: ensemble privatetest_acc={test["acc"]:.4f} -->
 <!-- guard: ensemble-int8 privatetest_acc={int8["acc"]:.4f} -->
-CI recomputes both accuracies through `EmotionRecognizer("ensemble")` and
-`EmotionRecognizer("ensemble-int8")` and fails below each figure - 0.005.
+CI recomputes both accuracies through `EmotionRecognizer("ensemble", prior="train")` and
+`EmotionRecognizer("ensemble-int8", prior="train")` and fails below each figure - 0.005.
+
+{priors_section("ensemble")}
 
 ## Speed
 

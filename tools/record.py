@@ -210,8 +210,8 @@ def table(study: str | None = None) -> str:
     """The runs of every study (links relative to experiments/), or of one study (links
     relative to its folder)."""
     rows = ["| run | question | command | data | epochs | train time | hardware "
-            "| val acc (best) | test acc | eval (TTA) test / val |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| val acc (best) | test acc | eval (TTA) test / val | eval balanced acc, test |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(HERE.glob(f"{study or '*'}/*/study.json")):
         s = json.loads(path.read_text())
         t = s["train"]
@@ -227,11 +227,13 @@ def table(study: str | None = None) -> str:
             val_best, ev_text = "- (val in training)", ev_text.replace(
                 f" / {ev['val']['acc']:.4f}", " / -") if ev and "val" in ev else ev_text
         test = f"{t['test/acc']:.4f}" if "test/acc" in t else "-"
+        # balanced accuracy: the mean of the per-class recalls (torchmetrics' macro accuracy)
+        balanced = f"{ev['test']['acc_macro']:.4f}" if ev and "test" in ev else "-"
         link = path.parent.relative_to(HERE / study if study else HERE).as_posix()
         rows.append(
             f"| [{path.parent.name}]({link}/) | {s['question']} | "
             f"`{s['command']}` | {s.get('data', '')} | {epochs} | {minutes} min "
-            f"| {s['hardware']} | {val_best} | {test} | {ev_text} |")
+            f"| {s['hardware']} | {val_best} | {test} | {ev_text} | {balanced} |")
     return "\n".join(rows)
 
 
