@@ -76,7 +76,7 @@ def test_health_model_and_schema(server):
     model = requests.get(f"{url}/v1/model", timeout=10).json()
     assert model["name"] == "cpu-trained" and model["privatetest_acc"] == 0.7225
     assert model["classes"][3] == "happy" and model["backend"] == "onnxruntime"
-    assert len(model["version"]) == 12
+    assert len(model["version"]) == 12 and model["prior"] == "uniform"  # the default
     schema = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert {"/v1/analyze", "/v1/faces", "/v1/health", "/v1/model"} <= set(schema["paths"])
     analyze = schema["paths"]["/v1/analyze"]["post"]
