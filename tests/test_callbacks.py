@@ -14,8 +14,6 @@ from ferlab import artifacts
 from ferlab.train import train
 from tests.conftest import short_cfg, trained_module
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_ema_checkpoints_hold_the_averaged_weights_and_resume(make_cfg, tmp_path):
     out = tmp_path / "run"

@@ -12,8 +12,6 @@ from ferlab.data import EMOTIONS
 from ferlab.train import train
 from tests.conftest import short_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_checkpoint_restores_model_and_config(make_cfg, tmp_path):
     out = tmp_path / "run"

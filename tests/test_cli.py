@@ -11,8 +11,6 @@ from omegaconf import OmegaConf
 from ferlab.train import train
 from tests.conftest import run_cli as _cli
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_cli_without_data_says_where_to_get_it(tmp_path):
     result = _cli([], tmp_path, data=tmp_path / "missing")

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
 from ferlab.config import with_run_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_resume_brings_back_the_latest_record_of_each_override(tmp_path):

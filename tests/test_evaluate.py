@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,6 @@ from ferlab.data import EMOTIONS
 from ferlab.evaluate import evaluate
 from ferlab.train import train
 from tests.conftest import short_cfg
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_evaluate_writes_report(make_cfg, tmp_path, csv_root):

@@ -24,8 +24,6 @@ from ferlab.train import train
 from tests.conftest import short_cfg
 from tests.models.test_models import MODEL_CONFIGS
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.parametrize("model", MODEL_CONFIGS)
 def test_fast_dev_run_every_model(make_cfg, model):
@@ -86,8 +84,6 @@ def test_same_seed_same_result_on_cpu(make_cfg, tmp_path):
     wa = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 
 
 @pytest.mark.parametrize("random_state", [True, False], ids=["random-state", "older-checkpoint"])
