@@ -2,6 +2,8 @@
 
     python experiments/benchmark_framing.py [--faces 3589] [--model default] [--record F.json]
 
+Figures of 2026-12-04: experiments/framing/README.md.
+
 FER2013's faces are registered tightly; a Haar box is not the same box. Each PrivateTest face is
 staged as the inference benchmark stages it (enlarged 3x, inside a frame twice its size, as a
 JPEG), found with ferlab's default detector, and cropped from the detector's box with several

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.annotate import annotate
-from ferlab.inference.detect import make_detector
+from ferlab.inference.detect import CROP_MARGIN, make_detector
 from ferlab.inference.feature_maps import save_feature_maps
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-size", type=COUNT, default=640, metavar="PIXELS",
                    help="Haar scans images shrunk to this longer side (faster on large photos; "
                         "faces under 24 px there are missed); 0 scans at full resolution")
-    p.add_argument("--margin", type=NON_NEGATIVE, default=0.1,
-                   help="context around the face box, as a fraction of its side")
+    p.add_argument("--margin", type=NON_NEGATIVE, default=CROP_MARGIN,
+                   help="context around the face box, as a fraction of its side (default "
+                        f"{CROP_MARGIN:g}: FER2013's own framing, measured)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for the network")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",

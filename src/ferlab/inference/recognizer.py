@@ -15,7 +15,14 @@ from torch import nn
 
 from ferlab import artifacts, priors
 from ferlab.data.transforms import TTA_MODES, preprocess, to_face, tta_views
-from ferlab.inference.detect import Box, FaceDetector, HaarDetector, crop, face_crop_box
+from ferlab.inference.detect import (
+    CROP_MARGIN,
+    Box,
+    FaceDetector,
+    HaarDetector,
+    crop,
+    face_crop_box,
+)
 from ferlab.inference.images import as_bgr, read_image, to_grey
 from ferlab.inference.runtime import BACKENDS, OnnxNetwork, choose_backend, to_onnx
 from ferlab.models import fold_batch_norm
@@ -67,7 +74,7 @@ class EmotionRecognizer:
 
     def __init__(self, model: str | os.PathLike | Sequence | None = None, device: str = "cpu",
                  tta: str | None = None, detector: FaceDetector | None = None,
-                 batch_size: int = 32, margin: float = 0.1, precision: str = "fp32",
+                 batch_size: int = 32, margin: float = CROP_MARGIN, precision: str = "fp32",
                  backend: str = "auto", prior: str | Mapping[str, float] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
