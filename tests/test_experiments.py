@@ -143,7 +143,9 @@ def test_retest_replaces_the_in_run_test_by_an_evaluation_of_its_checkpoint(
     s = json.loads(record.retest("s", ev).read_text())
     assert s["train"]["test/acc"] == 0.5 and s["train"]["test/acc_macro"] == 0.4
     assert s["train"]["test/recall/happy"] == 0.9 and "test/loss" not in s["train"]
-    assert s["train"]["test/ckpt"] == ckpt and s["train"]["val/acc_best"] == 0.3
+    # recorded relative to the repository (tmp_path here), as every record
+    assert s["train"]["test/ckpt"] == "runs/r/checkpoints/best.ckpt"
+    assert s["train"]["val/acc_best"] == 0.3
     assert s["test_raw_weights"] == {"test/acc": 0.25, "test/loss": 1.5,
                                      "test/recall/happy": 0.5}
     assert "| 0.5000 |" in record.table()
@@ -302,3 +304,24 @@ def test_experiment_configs_are_few_flat_overlays_on_the_defaults():
         defaults = re.findall(r"^  - (.*)$", block, re.M)
         assert all(d.startswith("override /") for d in defaults), (file, defaults)
         assert not re.search(r"^name:", text, re.M), f"{file}: the run is named after the file"
+
+
+def test_no_record_holds_an_absolute_path():
+    """Records name repository-relative paths only: nothing of the machine that ran them."""
+    for path in (ROOT / "experiments").rglob("*.json"):
+        text = path.read_text()
+        assert not re.search(r'"/(work|home|root|tmp|Users|mnt)/', text), path
+
+
+def test_a_run_inside_the_repository_is_recorded_by_its_relative_path(tmp_path, monkeypatch):
+    record = _record_module()
+    monkeypatch.setattr(record, "HERE", tmp_path / "experiments")
+    run = tmp_path / "runs" / "r"
+    (run / ".hydra").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    (run / "metrics.json").write_text(json.dumps({"epochs": 1, "test/ckpt": str(ckpt)}))
+    (run / ".hydra" / "overrides.yaml").write_text("- model=vgg9\n")
+    (run / ".hydra" / "config.yaml").write_text(
+        "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
+    study = json.loads((record.add("st/s", run, "q?", None) / "study.json").read_text())
+    assert study["train"]["test/ckpt"] == "runs/r/checkpoints/best.ckpt"

@@ -78,6 +78,17 @@ def find(name: str) -> Path:
     return found[0]
 
 
+def _relative(value):
+    """A path under the repository as a repository-relative one (records name no machine's
+    folders); any other value as it is."""
+    if isinstance(value, str) and os.path.isabs(value):
+        try:
+            return Path(value).resolve().relative_to(HERE.parent.resolve()).as_posix()
+        except ValueError:
+            return value
+    return value
+
+
 def add(name: str, run: Path, question: str, eval_dir: Path | None,
         after: str | None = None, hardware_text: str | None = None) -> Path:
     parts = Path(name).parts
@@ -95,7 +106,7 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
             "its end). Record a finished run, or one stopped by callbacks.timer.duration, which "
             "writes metrics.json; go on with a cut run with `resume=<run dir>` first.")
     study.mkdir(parents=True, exist_ok=True)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = {k: _relative(v) for k, v in json.loads((run / "metrics.json").read_text()).items()}
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     # a sitting's time budget (callbacks.timer.duration) is not the recipe of a run that was
