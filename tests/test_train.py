@@ -57,7 +57,8 @@ def test_run_directory_holds_everything(make_cfg, tmp_path):
     assert {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc",
             "val/acc_top2", "val/acc_macro", "val/acc_best", "test/acc", "train/lr",
             "val/recall/happy", "val/acc_uniform_prior", "val/acc_macro_uniform_prior",
-            "test/acc_macro_uniform_prior"} <= scalars
+            "test/acc_macro_uniform_prior", "val/recall_uniform_prior/disgust",
+            "test/recall_uniform_prior/happy"} <= scalars
     images = set(events.Tags()["images"])
     assert {"val/confusion_matrix", "test/confusion_matrix"} <= images
     assert len(events.Images("val/confusion_matrix")) == 3  # one per validation epoch

@@ -127,6 +127,8 @@ class EmotionModule(L.LightningModule):
         self.recall = nn.ModuleDict({f"{s}_": per_class_recall(num_classes) for s in EVAL_STAGES})
         self.uniform = nn.ModuleDict(
             {f"{s}_": uniform_prior_metrics(num_classes, s) for s in EVAL_STAGES})
+        self.recall_uniform = nn.ModuleDict(
+            {f"{s}_": per_class_recall(num_classes) for s in EVAL_STAGES})
         # in the checkpoints, so that a resumed run's best counts every sitting, not the last
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -171,9 +173,11 @@ class EmotionModule(L.LightningModule):
             preds = logits.argmax(dim=1)
             self.confusion[f"{stage}_"].update(preds, y)
             self.recall[f"{stage}_"].update(preds, y)
+            moved = logits.detach().float() - self.log_output_prior  # uniform-prior scores
             uniform = self.uniform[f"{stage}_"]
-            uniform.update(logits.detach().float() - self.log_output_prior, y)
+            uniform.update(moved, y)
             self.log_dict(uniform, on_step=False, on_epoch=True, batch_size=len(y))
+            self.recall_uniform[f"{stage}_"].update(moved.argmax(dim=1), y)
         return loss
 
     def train_size(self, epoch: int) -> int | None:
@@ -261,6 +265,7 @@ class EmotionModule(L.LightningModule):
         if self.trainer.sanity_checking:
             self.confusion["val_"].reset()
             self.recall["val_"].reset()
+            self.recall_uniform["val_"].reset()
             return
         self.val_acc_best(self.metrics["val_"]["val/acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
@@ -276,6 +281,10 @@ class EmotionModule(L.LightningModule):
         self.recall[f"{stage}_"].reset()
         self.log_dict({f"{stage}/recall/{name}": r for name, r in zip(self.class_names, recall)},
                       sync_dist=True)
+        uniform = self.recall_uniform[f"{stage}_"].compute()
+        self.recall_uniform[f"{stage}_"].reset()
+        self.log_dict({f"{stage}/recall_uniform_prior/{name}": r
+                       for name, r in zip(self.class_names, uniform)}, sync_dist=True)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
