@@ -267,7 +267,7 @@ def priors_section(name: str) -> str:
         f"| {prior} | {calls[prior]} | {v['acc']:.4f} | {v['acc_macro']:.4f} | "
         + " | ".join(f"{v['recall'][c]:.3f}" for c in classes) + " |"
         for prior, v in views.items())
-    mix = artifacts_prior()
+    mix = artifacts.shipped_prior()["train"]  # both shipped models trained on these faces
     mix_text = ", ".join(f"{c} {100 * f:.1f}%" for c, f in mix.items())
     return f"""## Class priors
 
@@ -282,11 +282,6 @@ figure a developer can measure for photos in an unknown mix), then each class's 
 | prior | call | acc | balanced acc | {" | ".join(classes)} |
 |---|---|---|---|{"---|" * len(classes)}
 {rows}"""
-
-
-def artifacts_prior() -> dict[str, float]:
-    """The shipped models' training mix (ferlab.artifacts.SHIPPED_TRAINING_COUNTS)."""
-    return artifacts.shipped_prior()["train"]
 
 
 def deployment(name: str, test: dict) -> str:
