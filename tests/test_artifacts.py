@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra.core.global_hydra import GlobalHydra
 
+import ferlab
 from ferlab import artifacts
 from ferlab.artifacts import CONFIG_KEY, UnsafeArtifactError
 from ferlab.config import CONFIG_DIR, with_run_overrides
 from ferlab.data import EMOTIONS
 from ferlab.inference.model_file import save_model
 from ferlab.inference.recognizer import EmotionRecognizer
-from ferlab.models import VGG
+from ferlab.models import VGG, schema
+from ferlab.models.schema import SchemaError
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,19 +108,62 @@ def _crafted_model_file(path: Path, call: dict, place: str) -> Path:
     return path
 
 
-def test_every_crafted_target_is_refused_before_anything_runs(tmp_path):
+def test_a_crafted_network_target_is_refused_and_nothing_elsewhere_runs(tmp_path):
+    """A class named as the network is refused (the name is looked up, never imported); a class
+    named anywhere else in a stored config is never built at all: the file loads, nothing acts."""
     attack = Attack(tmp_path)
     for name, call in attack.calls.items():
         for place in PLACES:
             for craft in (_crafted_checkpoint, _crafted_model_file):
                 suffix = ".ckpt" if craft is _crafted_checkpoint else ".pt"
                 file = craft(tmp_path / f"crafted{suffix}", call, place)
-                with pytest.raises(UnsafeArtifactError, match=f"names '{name}' at ") as refused:
-                    artifacts.load(file)
-                assert str(file) in str(refused.value)
-                with pytest.raises(UnsafeArtifactError):
-                    artifacts.read_network_weights(file)
+                if place.startswith("network"):
+                    with pytest.raises(SchemaError, match=re.escape(name)) as refused:
+                        artifacts.load(file)
+                    assert str(file) in str(refused.value)
+                    with pytest.raises(SchemaError):
+                        artifacts.read_network_weights(file)
+                else:
+                    assert artifacts.load(file).classes == EMOTIONS
                 assert not attack.acted(), (name, place, craft.__name__)
+
+
+# the payload of the report that found interpolations resolved by instantiate (issue 43): an
+# OmegaConf resolver that creates a config calling pathlib.Path.write_text
+def _interpolation(out: Path) -> str:
+    return ("${oc.create:{_target_:builtins.min,_args_:[0.5,{_target_:pathlib.Path.write_text,"
+            f"_args_:[{{_target_:pathlib.Path,_args_:[{out}]}},text]}}]}}}}")
+
+
+INTERPOLATED = {
+    "model.dropout": lambda cfg, v: cfg["model"].update(dropout=v),
+    "model.hidden[0]": lambda cfg, v: cfg["model"].update(hidden=[v]),
+    "module.lr": lambda cfg, v: cfg["module"].update(lr=v),
+    "data.augment": lambda cfg, v: cfg["data"].update(augment={"steps": [v]}),
+}
+
+
+@pytest.mark.parametrize("place", INTERPOLATED)
+@pytest.mark.parametrize("kind", [".ckpt", ".pt"])
+def test_an_interpolation_anywhere_is_refused_before_anything_runs(tmp_path, place, kind):
+    out = tmp_path / "pwned"
+    network = _tiny_network()
+    if kind == ".ckpt":
+        payload = _checkpoint(network)
+        INTERPOLATED[place](payload[CONFIG_KEY], _interpolation(out))
+    else:
+        save_model(network, dict(TINY), EMOTIONS, tmp_path / "m.pt")
+        payload = torch.load(tmp_path / "m.pt", weights_only=True)
+        config = {"model": payload["model"], "module": {}, "data": {}}
+        INTERPOLATED[place](config, _interpolation(out))
+        payload.update(model=config["model"], recipe={k: v for k, v in config.items()
+                                                      if k != "model"})
+    torch.save(payload, tmp_path / f"crafted{kind}")
+    for read in (artifacts.load, artifacts.read_network_weights):
+        with pytest.raises(UnsafeArtifactError, match="holds an interpolation") as refused:
+            read(tmp_path / f"crafted{kind}")
+        assert f"crafted{kind}" in str(refused.value)
+    assert not out.exists()
 
 
 def test_real_files_still_load(tmp_path):
@@ -139,15 +186,66 @@ def test_real_files_still_load(tmp_path):
             assert artifacts.load(name).classes == EMOTIONS
 
 
-def test_the_allow_list_is_what_ferlabs_configs_name():
-    named = set()
-    # conf/hydra and the searches configure Hydra itself, which no file from elsewhere can set
-    for file in Path(CONFIG_DIR).rglob("*.yaml"):
-        if file.relative_to(CONFIG_DIR).parts[0] in ("hydra", "hparams_search"):
-            continue
-        named |= {t for _, t in artifacts.targets(yaml.safe_load(file.read_text()) or {})}
-    assert named == set(artifacts.CONFIG_TARGETS)
-    assert artifacts.network_targets() == {"ferlab.models.VGG", "ferlab.models.vgg.VGG"}
+def test_every_network_config_of_ferlab_fits_the_schema():
+    """Every network ferlab's configs build can be described in a file, and is built the same
+    from its description (parameter for parameter)."""
+    from hydra import compose, initialize_config_dir
+
+    for file in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[f"model={file.stem}"])
+        from omegaconf import OmegaConf
+
+        described = OmegaConf.to_container(cfg.model, resolve=True)
+        built = artifacts.build_network(described, file.name)
+        from hydra.utils import instantiate
+
+        reference = instantiate(cfg.model)
+        assert [p.shape for p in built.parameters()] == [p.shape for p in
+                                                          reference.parameters()], file.name
+        GlobalHydra.instance().clear()
+
+
+def test_bounds_refuse_a_network_that_would_exhaust_memory(tmp_path):
+    """A stage list asking for ~360 GB is refused by arithmetic, before anything is allocated."""
+    huge = {**TINY, "stages": [[2048] * 8] * 5, "hidden": [8192] * 4, "head": "gap"}
+    with pytest.raises(SchemaError, match=r"parameters, over ferlab's bound"):
+        artifacts.build_network(huge, "huge.pt")
+    for bad, said in [({**TINY, "_partial_": True}, "_partial_"),
+                      ({**TINY, "stages": "[[8]]"}, "stages"),
+                      ({**TINY, "batch_norm": "yes"}, "batch_norm"),
+                      ({**TINY, "num_classes": 10**12}, "num_classes")]:
+        with pytest.raises(SchemaError, match=f"huge.pt: its network.*{said}"):
+            artifacts.build_network(bad, "huge.pt")
+
+
+def test_a_users_own_network_loads_only_once_registered(tmp_path):
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self, num_classes: int = 7, width: int = 4) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, width),
+                                     nn.Linear(width, num_classes))
+
+        def forward(self, x):
+            return self.net(x)
+
+    name = f"{Tiny.__module__}.{Tiny.__qualname__}"
+    path = save_model(Tiny(), {"_target_": name, "num_classes": 7, "width": 4}, EMOTIONS,
+                      tmp_path / "mine.pt")
+    with pytest.raises(SchemaError, match=r"register_network"):
+        artifacts.load(path)
+    try:
+        assert ferlab.register_network(Tiny) == name
+        assert isinstance(artifacts.load(path).network, Tiny)
+        payload = torch.load(path, weights_only=True)
+        payload["model"]["width"] = "4"  # its schema comes from the annotations
+        torch.save(payload, path)
+        with pytest.raises(SchemaError, match="width"):
+            artifacts.load(path)
+    finally:
+        schema.FAMILIES.pop(name, None)
 
 
 def test_weights_that_do_not_fit_their_network_are_explained(tmp_path):
@@ -160,20 +258,25 @@ def test_weights_that_do_not_fit_their_network_are_explained(tmp_path):
 
 # --- every entry point refuses a crafted file ---------------------------------------------------
 
-CRAFTED = [("io.open", "network", _crafted_checkpoint), ("builtins.exec", "module nested",
-                                                         _crafted_checkpoint),
-           ("shutil.rmtree", "data", _crafted_checkpoint),
+CRAFTED = [("io.open", "network", _crafted_checkpoint),
+           ("interpolation", "module nested", _crafted_checkpoint),
+           ("interpolation", "data", _crafted_checkpoint),
            ("os.makedirs", "network nested", _crafted_model_file),
-           ("ferlab.files.write_json", "network", _crafted_model_file)]
+           ("interpolation", "network", _crafted_model_file)]
 
 
 CRAFTED_IDS = [f"{n}-{p}-{c.__name__[9:]}" for n, p, c in CRAFTED]
 
 
 def _craft(tmp_path: Path, name: str, place: str, craft) -> tuple[Path, str, Attack]:
+    """A crafted file, the text its refusal says, and the attack to check for traces."""
     attack = Attack(tmp_path / "attack")
     suffix = ".ckpt" if craft is _crafted_checkpoint else ".pt"
-    return craft(tmp_path / f"crafted{suffix}", attack.calls[name], place), name, attack
+    if name == "interpolation":
+        call, said = {"dropout": _interpolation(attack.where / "pwned")}, "holds an interpolation"
+    else:
+        call, said = attack.calls[name], re.escape(name)
+    return craft(tmp_path / f"crafted{suffix}", call, place), said, attack
 
 
 @pytest.fixture(params=CRAFTED, ids=CRAFTED_IDS)
@@ -185,8 +288,8 @@ def test_recognizer_export_and_predict_refuse_it(crafted, tmp_path, portrait, ca
     from ferlab.export import main as export_main
     from ferlab.predict import main as predict_main
 
-    file, name, attack = crafted
-    with pytest.raises(UnsafeArtifactError, match=name):
+    file, said, attack = crafted
+    with pytest.raises(ValueError, match=said):
         EmotionRecognizer(file)
     assert export_main([str(file), str(tmp_path / "out.pt")]) == 2
     assert not (tmp_path / "out.pt").exists()
@@ -194,7 +297,7 @@ def test_recognizer_export_and_predict_refuse_it(crafted, tmp_path, portrait, ca
 
     Image.fromarray(portrait).save(tmp_path / "photo.png")
     assert predict_main(["--model", str(file), str(tmp_path / "photo.png")]) == 2
-    assert f"names '{name}'" in capsys.readouterr().err
+    assert re.search(said, capsys.readouterr().err)
     assert not attack.acted()
 
 
@@ -204,13 +307,13 @@ def test_evaluate_refuses_it(crafted, tmp_path, csv_root):
 
     from ferlab.evaluate import evaluate
 
-    file, name, attack = crafted
+    file, said, attack = crafted
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[f"ckpt_path={file}", f"data_root={csv_root}",
                                          f"output_dir={tmp_path / 'ev'}", "device=cpu"])
     GlobalHydra.instance().clear()
-    with pytest.raises(UnsafeArtifactError, match=name):
+    with pytest.raises(ValueError, match=said):
         evaluate(cfg)
     assert not attack.acted() and not (tmp_path / "ev").exists()
 
@@ -218,18 +321,20 @@ def test_evaluate_refuses_it(crafted, tmp_path, csv_root):
 # resume= takes checkpoints and run directories, the other two model files as well
 @pytest.mark.parametrize("key, crafting", [
     (key, c) for key in ("init_from", "module.teacher", "resume") for c in CRAFTED
-    if key != "resume" or c[2] is _crafted_checkpoint])
+    if key != "resume" or c[0] == "interpolation" and c[2] is _crafted_checkpoint])
 def test_training_refuses_it(make_cfg, tmp_path, key, crafting):
+    """(resume= builds the network from the command and the run's recorded overrides, so only
+    what is read from the checkpoint itself, its config as plain data, can be refused there.)"""
     from ferlab.train import train
 
-    file, name, attack = _craft(tmp_path, *crafting)
+    file, said, attack = _craft(tmp_path, *crafting)
     run = tmp_path / "run"
     if key == "resume":  # a run directory whose last.ckpt is the crafted file
         (run / "checkpoints").mkdir(parents=True)
         file = file.rename(run / "checkpoints" / "last.ckpt")
     cfg = make_cfg(["model=baseline", "trainer.max_epochs=1", "test=false", f"{key}={file}"],
                    output_dir=run)
-    with pytest.raises(UnsafeArtifactError, match=name):
+    with pytest.raises(ValueError, match=said):
         train(cfg)
     assert not attack.acted()
     # nothing but the lock the refused run took on its directory
@@ -237,29 +342,79 @@ def test_training_refuses_it(make_cfg, tmp_path, key, crafting):
         [".ferlab.lock", "checkpoints", "last.ckpt"] if key == "resume" else [".ferlab.lock"])
 
 
-def test_resume_refuses_a_crafted_overrides_record(tmp_path, csv_root):
-    """A run directory's recorded overrides are replayed by resume=: one that names code outside
-    the allow-list stops the command before Hydra runs, and nothing is written."""
+def _run_with_record(tmp_path: Path, record: str) -> Path:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     torch.save(_checkpoint(_tiny_network()), run / "checkpoints" / "last.ckpt")
     (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(record)
+    return run
+
+
+def test_resume_refuses_a_crafted_overrides_record(tmp_path, csv_root):
+    """A run directory's recorded overrides are replayed by resume=: one that could choose code
+    stops the command before Hydra runs, and nothing is written."""
     pwned = tmp_path / "pwned"
     crafted = f"+callbacks.x={{_target_: io.open, file: {pwned}, mode: w}}"
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model=baseline", crafted]))
+    run = _run_with_record(tmp_path, yaml.safe_dump(["model=baseline", crafted]))
     before = sorted(run.rglob("*"))
-    with pytest.raises(ValueError, match=r"records the override .*names 'io.open'"):
+    with pytest.raises(ValueError, match=r"records the override .*instantiation key '_target_'"):
         with_run_overrides([f"resume={run}"])
     result = subprocess.run([sys.executable, "-m", "ferlab.train", f"resume={run}",
                              f"data.root={csv_root}"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode != 0 and "names 'io.open'" in result.stderr
+    assert result.returncode == 2 and "instantiation key '_target_'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not pwned.exists() and sorted(run.rglob("*")) == before
     # what the user types replaces the record's override of the same key, which is then not
     # replayed (nor refused)
     args = with_run_overrides([f"resume={run}", "+callbacks.x=null"])
     assert args == ["model=baseline", f"resume={run}", "+callbacks.x=null"]
+
+
+EVIL = "../../../../../../tmp/evil"
+RECORDS = {
+    # list values: every element is checked (a string-only check let these through)
+    "list group": (f"+experiment=[{EVIL}]", "reaches outside its config group"),
+    "list element": (f"callbacks=[default,{EVIL}]", "reaches outside its config group"),
+    "absolute": ("+experiment=/tmp/evil", "reaches outside its config group"),
+    "interpolation": ("model.dropout=${oc.env:HOME}", "holds an interpolation"),
+    "nested interpolation": ("+data.x=[1,{a: '${oc.create:{}}'}]", "holds an interpolation"),
+    "target key": ("model._target_=builtins.print", "instantiation key"),
+    "partial": ("+module.optimizer._partial_=false", "instantiation key"),
+    "nested args": ("+trainer.x={_args_: [1]}", "instantiation key '_args_'"),
+    "hydra": ("hydra.run.dir=/tmp", "Hydra's own settings"),
+    "sweep": ("model.dropout=0.1,0.2", "is a sweep"),
+}
+
+
+@pytest.mark.parametrize("case", RECORDS)
+def test_every_crafted_recorded_override_is_refused(tmp_path, case):
+    override, said = RECORDS[case]
+    run = _run_with_record(tmp_path, yaml.safe_dump(["model=baseline", override]))
+    with pytest.raises(ValueError, match=re.escape(said)):
+        with_run_overrides([f"resume={run}"])
+
+
+@pytest.mark.parametrize("text, said", [
+    ("- !!python/object/apply:os.system ['touch pwned']\n", "not a plain YAML list"),
+    ("- model=baseline\n- [unclosed\n", "line 3 is not a plain YAML list"),
+    ("model: baseline\n", "not a YAML list of override strings"),
+    ("- 3\n", "not a YAML list of override strings"),
+])
+def test_a_broken_overrides_record_is_one_line(tmp_path, text, said):
+    run = _run_with_record(tmp_path, text)
+    with pytest.raises(ValueError, match=re.escape(said)) as refused:
+        with_run_overrides([f"resume={run}"])
+    assert "overrides.yaml" in str(refused.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_group_choices_and_values_of_a_real_record_replay(tmp_path):
+    record = ["experiment=budget30_slim_lean", "callbacks=[default,ema]", "data.root=/data/fer",
+              "module.optimizer.lr=0.01", "trainer.devices=[0,1]", "name=my run"]
+    run = _run_with_record(tmp_path, yaml.safe_dump(record))
+    assert with_run_overrides([f"resume={run}"]) == [*record, f"resume={run}"]
 
 
 def test_inference_needs_no_training_stack():

@@ -48,6 +48,30 @@ def mixed_folder(tmp_path, portrait):
     return folder
 
 
+def test_a_link_loop_and_an_unlistable_folder_are_error_records(mixed_folder, tiny_model_file,
+                                                                  monkeypatch):
+    """Each becomes its own error record while the rest of the batch goes on (a loop used to
+    stop the whole batch, an unlistable folder to be skipped without a word)."""
+    import os
+
+    (mixed_folder / "loop.jpg").symlink_to(mixed_folder / "loop.jpg")
+    (mixed_folder / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):  # a folder this user may not list (root may list any)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, text, err = _run([str(mixed_folder), "--model", str(tiny_model_file)])
+    assert code == 1
+    records = {Path(r["source"]).name: r for r in _records(text)}
+    assert "symbolic link loop" in records["loop.jpg"]["error"]
+    assert "cannot be listed (Permission denied)" in records["locked"]["error"]
+    assert records["hopper.jpg"]["status"] == "ok" and "wall.png" in records
+
+
 def test_mixed_folder_records_summary_and_status(mixed_folder, tiny_model_file, tmp_path):
     missing = tmp_path / "nope.jpg"
     code, text, err = _run([str(mixed_folder), str(missing), "--model", str(tiny_model_file)])

@@ -169,6 +169,74 @@ def test_every_bad_input_gets_a_json_4xx_and_the_server_serves_on(server, photo)
     assert _files(tmp) == before
 
 
+def test_hosts_headers_and_no_outside_docs(server):
+    """DNS rebinding: a request naming another host is refused; every answer carries the
+    security headers; no page loads code from a CDN (/docs is not served, the schema is)."""
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    _error(requests.get(f"{url}/v1/health", headers={"Host": "attacker.example"}, timeout=10),
+           400, "bad_host")
+    _error(requests.get(f"{url}/", headers={"Host": f"attacker.example:{port}"}, timeout=10),
+           400, "bad_host")
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert requests.get(f"{url}/v1/health", headers={"Host": host}, timeout=10).ok, host
+    for path in ("/", "/v1/health", "/v1/model", "/nowhere"):
+        response = requests.get(f"{url}{path}", timeout=10)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+    _error(requests.get(f"{url}/docs", timeout=10), 404, "not_found")
+    assert requests.get(f"{url}/openapi.json", timeout=10).ok
+
+
+def test_a_body_of_many_parts_is_refused_before_it_is_parsed(server, photo):
+    """~190k tiny parts in 10 MB: counted, refused with 413, never parsed on the event loop."""
+    url, _ = server
+    boundary = "b"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=faces\r\n\r\nx\r\n" * 180_000
+            + f"--{boundary}--\r\n").encode()
+    assert len(body) < 10 * 1024 * 1024
+    kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    for endpoint in ("analyze", "faces"):
+        _error(requests.post(f"{url}/v1/{endpoint}", data=body, headers=kind, timeout=60), 413,
+               "too_many_parts")
+    assert requests.post(f"{url}/v1/analyze", data=photo, timeout=60).ok
+
+
+def test_the_pixel_limit_is_per_request(server):
+    """Each image under the limit, together over it: refused, one decoded at a time."""
+    url, _ = server
+    big = _png(5000, 5000)  # 25 MP each, 40 MP a request
+    _error(requests.post(f"{url}/v1/faces", files=[("faces", ("f.png", big))] * 2, timeout=60),
+           413, "too_many_pixels")
+    assert "--max-pixels" in requests.post(f"{url}/v1/faces", files=[(
+        "faces", ("f.png", big))] * 2, timeout=60).json()["error"]["message"]
+    assert requests.post(f"{url}/v1/faces", files=[("faces", ("f.png", big))],
+                         timeout=60).ok
+
+
+def test_a_timed_out_job_stops_at_its_next_step():
+    """After a 504 the worker does not run the request to its end."""
+    import asyncio
+
+    from ferlab.serve import ApiError, Limits, Service
+
+    service = Service([EmotionRecognizer("cpu-trained")], "cpu-trained",
+                      Limits(timeout_s=0.2))
+    steps = []
+
+    def slow(recognizer, job):
+        for step in range(100):
+            job.check()
+            steps.append(step)
+            time.sleep(0.05)
+        return "finished"
+
+    with pytest.raises(ApiError, match="longer than"):
+        asyncio.run(service.run(slow))
+    service.pool.shutdown(wait=True)  # the job has stopped, not run its 100 steps
+    assert len(steps) < 100, len(steps)
+
+
 def _bmp(width: int, height: int) -> bytes:
     from PIL import Image
 

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["EmotionRecognizer"]
+__all__ = ["EmotionRecognizer", "register_network"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from ferlab.inference.recognizer import EmotionRecognizer
 
         return EmotionRecognizer
+    if name == "register_network":  # a user's own network class, loadable from files
+        from ferlab.models.schema import register_network
+
+        return register_network
     raise AttributeError(f"module 'ferlab' has no attribute {name!r}")

@@ -1,17 +1,18 @@
-"""Model artifacts: every file ferlab turns into a network goes through here, with one allow-list.
+"""Model artifacts: every file ferlab turns into a network goes through here.
 
 A *source* is what the user-facing keys take (``EmotionRecognizer(model)``, ``ferlab.evaluate
 ckpt_path=``, ``ferlab.export``, ``ferlab.predict --model``, ``init_from=``, ``resume=``,
 ``module.teacher=``): a shipped model's name, a ferlab model file (``.pt``), a training
-checkpoint (``.ckpt``) or a run directory (its ``checkpoints/last.ckpt``).
+checkpoint (``.ckpt``), a run directory (its ``checkpoints/last.ckpt``) or an ONNX file.
 
-Files are read with ``torch.load(weights_only=True)``, so no pickled code runs; and the configs
-stored in them choose no code either. Every ``_target_`` in the parts of a stored config that
-describe the model, its module and its data, at every depth, must be one of the classes that
-ferlab's own configs name (:data:`CONFIG_TARGETS`; not merely any name under ``ferlab.``, which
-would let a file call a ferlab function that writes files); the network itself is built only
-from the networks of :mod:`ferlab.models`. Anything else is refused, naming the target and the
-file, before anything is imported or called. Nothing but the network is ever built from a file.
+What a file holds is plain data, checked before use: files are read with
+``torch.load(weights_only=True)`` (no pickled code runs); everything besides the weights must be
+dicts, lists, strings, numbers, booleans and None of bounded size and depth, with no OmegaConf
+interpolation (``${``) anywhere; the network is a description validated against its family's
+schema (:mod:`ferlab.models.schema`: known fields, types, bounds) and built by ferlab's own code;
+class lists and class prior records are checked for what they are. Nothing read from a file
+reaches ``hydra.utils.instantiate``, a resolver or an import, and nothing but the network is ever
+built from a file (a checkpoint's trainer, module and data configs are only read as values).
 """
 
 from __future__ import annotations
@@ -19,20 +20,19 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from ferlab import priors
 from ferlab.data.labels import FACE_SIZE, class_names
-from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD
+from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD, TTA_MODES
+from ferlab.models import schema
 
 # the models inside the package, by the name EmotionRecognizer(model=...) takes: the default
 # (trained on a GPU), the one trained and timed on two CPU cores
@@ -57,38 +57,17 @@ MODEL_FILE_FORMAT = "ferlab-model/1"
 ONNX_FORMAT = "ferlab-onnx/1"
 CONFIG_KEY = "ferlab_config"  # a checkpoint's resolved run config (ferlab.checkpoint writes it)
 
-# Exactly the classes that ferlab's own configs (ferlab/conf/) name; a test keeps the two in step.
-CONFIG_TARGETS = frozenset({
-    "ferlab.callbacks.EMA",
-    "ferlab.callbacks.EpochSummary",
-    "ferlab.callbacks.ValidateAtFullSize",
-    "ferlab.data.BatchAugment",
-    "ferlab.data.FER2013DataModule",
-    "ferlab.models.VGG",
-    "ferlab.module.EmotionModule",
-    "lightning.pytorch.Trainer",
-    "lightning.pytorch.callbacks.EarlyStopping",
-    "lightning.pytorch.callbacks.LearningRateMonitor",
-    "lightning.pytorch.callbacks.ModelCheckpoint",
-    "lightning.pytorch.callbacks.RichProgressBar",
-    "lightning.pytorch.callbacks.Timer",
-    "lightning.pytorch.loggers.TensorBoardLogger",
-    "torch.optim.AdamW",
-    "torch.optim.SGD",
-    "torch.optim.lr_scheduler.CosineAnnealingLR",
-    "torch.optim.lr_scheduler.OneCycleLR",
-    "torch.optim.lr_scheduler.ReduceLROnPlateau",
-})
-# the parts of a checkpoint's stored config that describe what was trained; the rest (trainer,
-# callbacks, logger, paths) is the run's plumbing, which no loader reads back
-DESCRIBING_GROUPS = ("model", "module", "data")
+# bounds on the plain data a file may hold besides its weights: ferlab's own checkpoints hold a
+# config of a few hundred values at depth 5
+MAX_DEPTH, MAX_VALUES, MAX_TEXT = 32, 100_000, 100_000
 
 # what torch.load raises on a file that is not a PyTorch file (or a truncated one)
 UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError)
 
 
 class UnsafeArtifactError(ValueError):
-    """A file whose stored config names code that ferlab does not run from files."""
+    """A file holding what ferlab never reads from a file: an interpolation, an object that is
+    not plain data, or data beyond the bounds."""
 
 
 @dataclass
@@ -180,63 +159,69 @@ def read_torch_file(file: Path, what: str = "PyTorch file",
         raise ValueError(f"{file} is not a readable {what} ({type(err).__name__}: {err}).") from err
 
 
-def targets(tree: Any, where: str = "") -> Iterator[tuple[str, Any]]:
-    """Every ``_target_`` in a nested config of dicts and lists: (its key path, its value)."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            path = f"{where}.{key}" if where else str(key)
-            if key == "_target_":
-                yield path, value
-            else:
-                yield from targets(value, path)
-    elif isinstance(tree, (list, tuple)):
-        for i, value in enumerate(tree):
-            yield from targets(value, f"{where}[{i}]")
+def check_plain(tree: Any, file: str | os.PathLike, where: str) -> Any:
+    """``tree`` itself when it is plain data (dicts with string keys, lists, strings, numbers,
+    booleans, None) of bounded size and depth with no interpolation (``${``) in any string;
+    otherwise UnsafeArtifactError naming the file and the field."""
+    count = 0
+
+    def refuse(path: str, why: str) -> UnsafeArtifactError:
+        return UnsafeArtifactError(
+            f"{file}: {path} {why}. ferlab reads files as plain data only and resolves nothing "
+            "in them; nothing was loaded. Use files written by ferlab.train or ferlab.export "
+            "that you trust.")
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise refuse(where, f"holds more than {MAX_VALUES:,} values")
+        if depth > MAX_DEPTH:
+            raise refuse(path, f"is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, str):
+            if len(node) > MAX_TEXT:
+                raise refuse(path, f"is a text of {len(node):,} characters")
+            if "${" in node:
+                raise refuse(path, f"holds an interpolation ({node[:60]!r})")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise refuse(path, f"has a key that is not a string ({key!r:.60})")
+                walk(key, f"{path}.<key>", depth + 1)
+                walk(value, f"{path}.{key}", depth + 1)
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]", depth + 1)
+        elif node is not None and not isinstance(node, (bool, int, float)):
+            raise refuse(path, f"is a {type(node).__name__}, not plain data")
+
+    walk(tree, where, 0)
+    return tree
 
 
-def is_allowed_target(target: Any) -> bool:
-    """Whether a config read from a file may name ``target``: one of the classes that ferlab's
-    own configs name, or a network of ferlab.models."""
-    return isinstance(target, str) and (target in CONFIG_TARGETS or target in network_targets())
+def network_description(description: Any, file: str | os.PathLike, where: str = "model",
+                        num_classes: int | None = None) -> dict[str, Any]:
+    """A file's network description, validated (:mod:`ferlab.models.schema`) and normalised:
+    what ferlab builds and what it writes into the files it makes from this one."""
+    check_plain(description, file, where)
+    described = schema.normalised(description, f"{file}: its network ({where})")
+    if num_classes is not None and described.get("num_classes", num_classes) != num_classes:
+        raise ValueError(f"{file}: its network ({where}) predicts {described['num_classes']} "
+                         f"classes but the file names {num_classes}; it is damaged or was not "
+                         "written by ferlab.")
+    return described
 
 
-def network_targets() -> frozenset[str]:
-    """The names a network config may give: the networks of ferlab.models, by their short
-    (``ferlab.models.VGG``) and full (``ferlab.models.vgg.VGG``) names."""
-    import ferlab.models
-
-    classes = [getattr(ferlab.models, n) for n in ferlab.models.__all__]
-    classes = [c for c in classes if isinstance(c, type) and issubclass(c, nn.Module)]
-    return frozenset({f"ferlab.models.{c.__name__}" for c in classes}
-                     | {f"{c.__module__}.{c.__qualname__}" for c in classes})
-
-
-def check_targets(tree: Any, file: str | os.PathLike, where: str = "",
-                  allowed=is_allowed_target, allowed_text: str | None = None) -> None:
-    """Refuse a stored config that names any target ``allowed`` rejects, at any depth."""
-    allowed_text = allowed_text or "the classes its own configs name"
-    for path, target in targets(tree, where):
-        if not allowed(target):
-            raise UnsafeArtifactError(
-                f"{file} names {target!r} at {path}, and ferlab only builds {allowed_text} from "
-                "a file: anything else would run code chosen by the file. Nothing was loaded; "
-                "use files written by ferlab.train or ferlab.export that you trust.")
-
-
-def build_network(model_cfg: dict[str, Any], file: str | os.PathLike = "the config") -> nn.Module:
-    """Instantiate a network config whose every target, at any depth, is in ferlab.models."""
-    if not isinstance(model_cfg, dict) or "_target_" not in model_cfg:
-        raise ValueError(f"{file}: its network config is not a config with a _target_ "
-                         f"({type(model_cfg).__name__}); it was not written by ferlab.")
-    networks = network_targets()
-    check_targets(model_cfg, file, "model", allowed=networks.__contains__,
-                  allowed_text=f"the networks of ferlab.models ({', '.join(sorted(networks))})")
-    return instantiate(OmegaConf.create(model_cfg))
+def build_network(description: Mapping[str, Any],
+                  file: str | os.PathLike = "the config") -> nn.Module:
+    """The network a description names, built by ferlab's own code from validated fields."""
+    return schema.build(network_description(description, file), f"{file}: its network")
 
 
 def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:
-    """The network weights, the network config and the file of a checkpoint, run directory or
-    model file, checked but not built (a new run loads the weights into its own network)."""
+    """The network weights, the (validated) network description and the file of a checkpoint,
+    run directory or model file, checked but not built (a new run loads the weights into its
+    own network)."""
     file = resolve(source)
     if file.suffix == ".onnx":
         raise ValueError(f"{file} is an ONNX file, which holds a graph for inference, not "
@@ -244,13 +229,11 @@ def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Ten
                          "exported from.")
     payload = read_torch_file(file)
     if isinstance(payload, dict) and CONFIG_KEY in payload:  # a training checkpoint
-        config = _checked_run_config(payload, file)
-        weights = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()
-                   if k.startswith("model.")}
-        return weights, config["model"], file
+        checked = checked_checkpoint(payload, file)
+        return checked["weights"], checked["model"], file
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith("ferlab-model/"):
-        _check_model_file(payload, file)
-        return payload["state_dict"], payload["model"], file
+        checked = _checked_model_file(payload, file)
+        return payload["state_dict"], checked["model"], file
     raise ValueError(f"{file} is neither a ferlab checkpoint nor a ferlab model file; pass a .ckpt "
                      "or run directory written by ferlab.train, or a file from ferlab.export.")
 
@@ -268,11 +251,6 @@ def load(source: str | os.PathLike | None) -> Artifact:
     artifact = _load(source)
     if artifact.meta.get("prior") is None and (source is None or source in SHIPPED_MODELS):
         artifact.meta["prior"] = shipped_prior()
-    prior = artifact.meta.get("prior")
-    if prior is not None and not (isinstance(prior, dict) and isinstance(prior.get("train"), dict)
-                                  and isinstance(prior.get("output"), dict)):
-        raise ValueError(f"{artifact.file}: its class prior record is damaged ({prior!r}); "
-                         "export the model again.")
     return artifact
 
 
@@ -285,63 +263,106 @@ def _load(source: str | os.PathLike | None) -> Artifact:
         if not isinstance(payload, dict) or CONFIG_KEY not in payload:
             raise ValueError(f"{file} holds no ferlab config (key {CONFIG_KEY!r}); it was not "
                              "written by ferlab.train.")
-        config = _checked_run_config(payload, file)
-        weights = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()
-                   if k.startswith("model.")}
-        num_classes = config.get("data", {}).get("num_classes")
-        if not isinstance(num_classes, int):
-            raise ValueError(f"{file}: its config gives no integer data.num_classes "
-                             f"({num_classes!r}); it was not written by ferlab.train.")
-        meta = {"source": str(file), "tta": "none", "model": config["model"],
+        checked = checked_checkpoint(payload, file)
+        config = checked["config"]
+        trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+        meta = {"source": str(file), "tta": "none", "model": checked["model"],
                 "recipe": {"name": config.get("name"), "seed": config.get("seed"),
-                           "max_epochs": config.get("trainer", {}).get("max_epochs"),
-                           "checkpoint": file.name},
-                "config": config, "prior": payload.get(priors.PRIOR_KEY)}
-        return Artifact(_network(config["model"], weights, file), class_names(num_classes),
+                           "max_epochs": trainer.get("max_epochs"), "checkpoint": file.name},
+                "config": config, "prior": checked["prior"]}
+        return Artifact(_network(checked["model"], checked["weights"], file), checked["classes"],
                         file, meta)
     payload = read_torch_file(file, "ferlab model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise ValueError(f"{file} is not a ferlab model file (expected format "
                          f"{MODEL_FILE_FORMAT!r}); export one with python -m ferlab.export "
                          "<checkpoint> <file>.pt")
-    _check_model_file(payload, file)
-    classes = tuple(payload.get("classes", ()))
-    if not classes or classes != class_names(len(classes)):
-        raise ValueError(f"{file}: unexpected class list {classes}.")
+    checked = _checked_model_file(payload, file)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    meta["classes"] = classes
-    return Artifact(_network(payload["model"], payload["state_dict"], file), classes, file, meta)
+    meta.update(model=checked["model"], classes=checked["classes"], prior=checked["prior"])
+    return Artifact(_network(checked["model"], payload["state_dict"], file), checked["classes"],
+                    file, meta)
 
 
-def _network(model_cfg: dict, weights: dict[str, torch.Tensor], file: Path) -> nn.Module:
-    network = build_network(model_cfg, file)
+def _network(description: dict, weights: dict[str, torch.Tensor], file: Path) -> nn.Module:
+    network = schema.build(description, f"{file}: its network")
     try:
         network.load_state_dict(weights)  # copies (and so casts float16) into float32
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise ValueError(f"{file}: its weights do not fit the network its config describes "
                          f"({type(network).__name__}); the file is damaged or was not written "
-                         f"by ferlab.\n  ({err})") from None
+                         f"by ferlab.\n  ({str(err)[:500]})") from None
     return network.eval()
 
 
-def _checked_run_config(payload: dict, file: Path) -> dict:
-    config = payload[CONFIG_KEY]
+def _weights(state: Any, file: Path, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError(f"{file}: its {where} is not a dict of named tensors; it was not written "
+                         "by ferlab.")
+    return state
+
+
+def checked_checkpoint(payload: dict, file: Path) -> dict[str, Any]:
+    """What ferlab reads from a training checkpoint, each part checked: the run config (plain
+    data), the network description, the class count, the weights and the class prior."""
+    config = check_plain(payload[CONFIG_KEY], file, CONFIG_KEY)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"{file}: its {CONFIG_KEY!r} is not a run config with a model; it was "
                          "not written by ferlab.train.")
-    for group in DESCRIBING_GROUPS:
-        check_targets(config.get(group), file, group)
-    if not isinstance(payload.get("state_dict"), dict):
-        raise ValueError(f"{file} holds no state_dict; it was not written by ferlab.train.")
-    return config
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    num_classes = data.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not (
+            2 <= num_classes <= len(class_names(7))):
+        raise ValueError(f"{file}: its config gives no usable data.num_classes ({num_classes!r}; "
+                         f"ferlab's class views have 6 or 7); it was not written by ferlab.train.")
+    classes = class_names(num_classes)
+    state = _weights(payload.get("state_dict"), file, "state_dict")
+    return {"config": config, "classes": classes,
+            "model": network_description(config["model"], file, f"{CONFIG_KEY}.model",
+                                         num_classes),
+            "weights": {k.removeprefix("model."): v for k, v in state.items()
+                        if k.startswith("model.")},
+            "prior": _checked_prior(payload.get(priors.PRIOR_KEY), classes, file,
+                                    priors.PRIOR_KEY)}
 
 
-def _check_model_file(payload: dict, file: Path) -> None:
-    check_targets({k: v for k, v in payload.items() if k != "state_dict"}, file)
-    if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("state_dict"),
-                                                                    dict):
-        raise ValueError(f"{file}: a ferlab model file holds a model config and a state_dict; "
-                         "this one does not (it was not written by ferlab.export).")
+def _checked_model_file(payload: dict, file: Path) -> dict[str, Any]:
+    """The parts of a ferlab model file, checked: plain data, the network description, the
+    class list, TTA, the class prior and the weights."""
+    check_plain({k: v for k, v in payload.items() if k != "state_dict"}, file, "the file")
+    _weights(payload.get("state_dict"), file, "state_dict")
+    classes = _checked_classes(payload.get("classes"), file, "classes")
+    if payload.get("tta", "none") not in TTA_MODES:
+        raise ValueError(f"{file}: its tta {payload.get('tta')!r} is not one of {TTA_MODES}; "
+                         "export the model again.")
+    return {"classes": classes,
+            "model": network_description(payload.get("model"), file, "model", len(classes)),
+            "prior": _checked_prior(payload.get("prior"), classes, file, "prior")}
+
+
+def _checked_classes(classes: Any, file: Path, where: str) -> tuple[str, ...]:
+    """A file's class list: ferlab's names for a six- or seven-class view, in order."""
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes) \
+            or not 2 <= len(classes) <= len(class_names(7)):
+        raise ValueError(f"{file}: its {where} must be a list of class names; got "
+                         f"{classes!r:.80}. Export the model again.")
+    if tuple(classes) != class_names(len(classes)):
+        raise ValueError(f"{file}: its {where} {list(classes)} are not ferlab's "
+                         f"{len(classes)}-class view {list(class_names(len(classes)))}.")
+    return tuple(classes)
+
+
+def _checked_prior(record: Any, classes: tuple[str, ...], file: Path,
+                   where: str) -> dict[str, Any] | None:
+    """A file's class prior record (:mod:`ferlab.priors`), None when it has none."""
+    if record is None:
+        return None
+    try:
+        return priors.check_record(record, classes)
+    except ValueError as err:
+        raise ValueError(f"{file}: its class prior record ({where}) is damaged: {err} Export "
+                         "the model again.") from None
 
 
 # --- ONNX files --------------------------------------------------------------------------------
@@ -381,22 +402,41 @@ def _load_onnx(file: Path) -> Artifact:
         raise ValueError(f"{file} is an ONNX model without ferlab's metadata (ferlab.format "
                          f"{ONNX_FORMAT!r}), so its classes and input scaling are unknown; "
                          "export one with python -m ferlab.export SOURCE model.onnx")
+    info = {k.removeprefix("ferlab."): check_plain(v, file, k) for k, v in meta.items()
+            if k.startswith("ferlab.")}
+    for key in ("classes", "input", "network", "recipe", "prior"):
+        if key in info:
+            info[key] = _json_field(info[key], file, f"ferlab.{key}")
+    classes = _checked_classes(info.get("classes"), file, "metadata ferlab.classes")
+    given = info.get("input")
     try:
-        classes = tuple(json.loads(meta["ferlab.classes"]))
-        given = json.loads(meta["ferlab.input"])
         shape, scaling = given["shape"][1:], (given["mean"], given["std"])
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise ValueError(f"{file}: its ferlab metadata is damaged ({type(err).__name__}: "
-                         f"{err}); export the model again.") from err
-    if not classes or classes != class_names(len(classes)):
-        raise ValueError(f"{file}: unexpected class list {classes}.")
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"{file}: its metadata ferlab.input is damaged ({type(err).__name__}: "
+                         f"{err}); export the model again.") from None
     if shape != [1, FACE_SIZE, FACE_SIZE] or scaling != (PIXEL_MEAN, PIXEL_STD):
         raise ValueError(f"{file} takes faces of shape {shape} scaled with mean/std {scaling}; "
                          f"this ferlab prepares [1, {FACE_SIZE}, {FACE_SIZE}] with "
                          f"({PIXEL_MEAN}, {PIXEL_STD}). Export it again with this ferlab.")
-    info = {k.removeprefix("ferlab."): v for k, v in meta.items() if k.startswith("ferlab.")}
-    info["model"] = json.loads(info.pop("network", "{}"))
-    info["recipe"] = json.loads(info.get("recipe", "{}"))
-    info["prior"] = json.loads(info["prior"]) if "prior" in info else None
+    if info.get("tta", "none") not in TTA_MODES:
+        raise ValueError(f"{file}: its metadata ferlab.tta {info.get('tta')!r} is not one of "
+                         f"{TTA_MODES}; export the model again.")
+    if info.get("network") is not None:
+        info["model"] = network_description(info.pop("network"), file, "metadata ferlab.network",
+                                            len(classes))
+    else:
+        info["model"] = {}
+    info["recipe"] = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    info["prior"] = _checked_prior(info.get("prior"), classes, file, "metadata ferlab.prior")
     info["classes"] = classes
     return Artifact(network, classes, file, info)
+
+
+def _json_field(text: str, file: Path, key: str) -> Any:
+    try:
+        return check_plain(json.loads(text), file, key)
+    except (ValueError, RecursionError) as err:
+        if isinstance(err, UnsafeArtifactError):
+            raise
+        raise ValueError(f"{file}: its metadata {key} is not valid JSON ({type(err).__name__}: "
+                         f"{str(err)[:120]}); export the model again.") from None

@@ -13,7 +13,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from ferlab.artifacts import is_allowed_target, targets
 
 # the Hydra configs ship inside the package: a wheel install finds them as an editable one does
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -24,8 +23,16 @@ def run_dir(resume: str | None, default: str) -> str:
     if resume is None:
         return default
     path = Path(resume).expanduser()
-    # a checkpoint file lives in <run dir>/checkpoints/
-    return str(path.parent.parent if path.suffix == ".ckpt" else path)
+    if path.suffix != ".ckpt":
+        return str(path)
+    # a run's checkpoint lives in <run dir>/checkpoints/; any other .ckpt (a downloaded
+    # model.ckpt) has no run to continue, and its grandparent folder is not one
+    if path.parent.name != "checkpoints":
+        raise ValueError(
+            f"resume={resume} is a checkpoint outside a run's checkpoints/ folder, so there is no "
+            "run to continue. Pass a run directory (or <run>/checkpoints/<file>.ckpt), or start "
+            f"a new run from its weights with init_from={resume}.")
+    return str(path.parent.parent)
 
 
 def run_name(experiment: str | None, model: str) -> str:
@@ -91,8 +98,8 @@ def with_run_overrides(args: list[str]) -> list[str]:
     for record in [run / ".hydra", *sorted(run.glob(".hydra-resumed-*"))]:
         path = record / "overrides.yaml"
         if path.is_file():
-            for override in yaml.safe_load(path.read_text()) or []:
-                saved[override_key(str(override))] = (override, path)
+            for override in read_recorded_overrides(path):
+                saved[override_key(override)] = (override, path)
     given = {override_key(a) for a in args if not a.startswith("-")}
     restored = []
     for key, (override, record) in saved.items():
@@ -103,39 +110,83 @@ def with_run_overrides(args: list[str]) -> list[str]:
     return [*args[:at], *restored, *args[at:]]
 
 
+def read_recorded_overrides(path: Path) -> list[str]:
+    """A run's ``overrides.yaml``: a YAML list of override strings (plain YAML: no tags)."""
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        raise ValueError(f"{path}{f' line {where.line + 1}' if where else ''} is not a plain "
+                         f"YAML list of overrides ({type(err).__name__}: "
+                         f"{' '.join(str(getattr(err, 'problem', None) or err).split())[:120]}); "
+                         "resume= replays a "
+                         "run's recorded overrides, so nothing was started. Give the run's "
+                         "overrides on the command line instead.") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError(f"{path} is not a YAML list of override strings (it holds "
+                         f"{overrides!r:.80}); resume= replays a run's recorded overrides, so "
+                         "nothing was started.")
+    return overrides
+
+
+def _special(key: str) -> bool:
+    """Hydra's instantiation keys (``_target_``, ``_args_``, ``_partial_`` ...)."""
+    return len(key) > 2 and key.startswith("_") and key.endswith("_")
+
+
 def check_recorded_override(override: object, record: Path) -> None:
     """Refuse an override recorded in a run directory that could choose code: ``resume=``
     replays a run's recorded overrides, and a run directory may come from anyone. Such an
-    override may not set Hydra's own settings, name a class outside ferlab's allow-list (as a
-    ``_target_`` at any depth), use an interpolation, or reach outside a config group."""
+    override sets a value or picks a config file of ferlab's groups, nothing more: it may not
+    set Hydra's own settings or an instantiation key (``_target_``, ``_args_``, ``_partial_``
+    ... at any depth), hold an interpolation (``${``) anywhere, sweep, or pick a config file
+    outside its group (every element of a list is checked)."""
     def refuse(why: str) -> ValueError:
         return ValueError(
-            f"{record} records the override {override!r}, which {why}. resume= replays a run's "
-            "recorded overrides, so a run directory could choose what runs; nothing was started. "
-            "Resume only runs you trust; if you trust this one, give that override on the "
-            "command line yourself (what you type wins over the record).")
+            f"{record} records the override {override!r:.200}, which {why}. resume= replays a "
+            "run's recorded overrides, so a run directory could choose what runs; nothing was "
+            "started. Resume only runs you trust; if you trust this one, give that override on "
+            "the command line yourself (what you type wins over the record).")
 
     if not isinstance(override, str):
         raise refuse("is not an override string")
+    if "${" in override:
+        raise refuse("holds an interpolation")
     try:
         parsed = OverridesParser.create().parse_overrides([override])[0]
     except HydraException as err:
-        raise refuse(f"Hydra cannot parse ({err})") from None
-    key, value = parsed.key_or_group, parsed.value() if parsed.value_type else None
-    if key.split(".")[0].split("/")[0] == "hydra":
+        raise refuse(f"Hydra cannot parse ({str(err)[:200]})") from None
+    if parsed.is_sweep_override():
+        raise refuse("is a sweep")
+    key = parsed.key_or_group
+    parts = re.split(r"[./@]", key)
+    if parts[0] == "hydra":
         raise refuse("sets Hydra's own settings")
-    named = list(targets(value, key))
-    if key.split(".")[-1] == "_target_":
-        named.append((key, value))
-    for where, target in named:
-        if not is_allowed_target(target):
-            raise refuse(f"names {target!r} at {where}, not one of the classes ferlab's own "
-                         "configs name")
-    if "${" in str(value):
-        raise refuse("holds an interpolation")
-    group = (Path(CONFIG_DIR) / key).is_dir()
-    if group and isinstance(value, str) and (".." in value.split("/") or value.startswith("/")):
-        raise refuse("reaches outside its config group")
+    if any(_special(part) for part in parts):
+        raise refuse("sets an instantiation key")
+    group = "." not in key  # a config group's choice: its values name files
+    value = parsed.value() if parsed.value_type else None
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if _special(str(k)):
+                    raise refuse(f"sets the instantiation key {k!r}")
+                walk(k)
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif isinstance(node, str):
+            if "${" in node:
+                raise refuse("holds an interpolation")
+            if group and (node.startswith(("/", "~", "\\")) or ".." in re.split(r"[/\\]",
+                                                                               node)):
+                raise refuse(f"reaches outside its config group ({node!r:.80})")
+
+    walk(value)
 
 
 def register_resolvers() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab import rundir
 from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.config import CONFIG_DIR
 from ferlab.data import SPLITS, load_faces, remap_labels, to_face
@@ -67,7 +68,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "tta": cfg.tta, "prior": recognizer.prior, "datasets": {},
     }
     figures = {}
-    for name, data in _datasets(cfg, classes, recognizer).items():
+    datasets = _datasets(cfg, classes, recognizer)
+    rundir.start_writing()  # the model and the data are read: the report and log get written
+    for name, data in datasets.items():
         faces, labels = data.pop("faces"), torch.as_tensor(data.pop("labels"))
         if len(labels) == 0:
             raise ValueError(f"{name}: no faces to evaluate ({data}).")
@@ -198,9 +201,15 @@ def _run(cfg: DictConfig) -> None:
         report = evaluate(cfg)
     except (DataFormatError, OSError, ValueError) as err:  # incl. a missing data root
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            rundir.start_writing()
             raise
         log.error("%s", err)
+        if not rundir.started():  # refused before anything was evaluated: the folder goes
+            rundir.forget_refused_command(cfg.paths.runs)
         sys.exit(2)
+    except BaseException:
+        rundir.start_writing()  # an unexpected failure: keep its log for the diagnosis
+        raise
     for name, m in report["datasets"].items():
         print(f"{name}: acc={m['acc']:.4f} acc_macro={m['acc_macro']:.4f} "
               f"acc_top2={m.get('acc_top2', float('nan')):.4f} n={m['n']}")
@@ -208,6 +217,7 @@ def _run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    rundir.note_runs_folder(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")(_run)()
 
 

@@ -156,6 +156,8 @@ class Predictor:
     def records(self, item: Input) -> Iterator[dict[str, Any]]:
         if item.missing:
             raise ImageError(f"{item.path}: no such file, folder or matching pattern.")
+        if item.error is not None:
+            raise ImageError(item.error)
         if item.is_video:
             yield from self._video(item.path)
         else:
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
     if args.threads:
         torch.set_num_threads(args.threads)
     inputs = expand_inputs(args.inputs)
-    protected = {item.path.resolve() for item in inputs if not item.missing}
+    protected = {item.path.resolve() for item in inputs if not item.missing and item.error is None}
     if args.output is not None:
         if args.output.resolve() in protected:
             raise SystemExit(f"error: --output {args.output} is one of the inputs.")

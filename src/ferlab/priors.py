@@ -95,3 +95,27 @@ def _vector(mapping: Mapping[str, float], classes: Sequence[str], what: str) -> 
         raise ValueError(f"{what} must be non-negative numbers with a positive sum; got "
                          f"{values.tolist()}.")
     return values / values.sum()
+
+
+def check_record(record: Any, classes: Sequence[str]) -> dict[str, Any]:
+    """A class prior record read from a file, checked (ValueError saying what is wrong):
+    ``train`` and ``output`` give a frequency for each class, ``faces`` is a count, ``splits``
+    names splits. Only these keys are kept."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"it is a {type(record).__name__}, not a mapping.")
+    checked: dict[str, Any] = {}
+    for key in ("train", "output"):
+        mapping = record.get(key)
+        if not isinstance(mapping, Mapping) or set(mapping) != set(classes) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()):
+            raise ValueError(f"{key!r} must give a number for each of {list(classes)}; got "
+                             f"{mapping!r:.120}.")
+        _vector(mapping, classes, repr(key))
+        checked[key] = {c: float(mapping[c]) for c in classes}
+    faces = record.get("faces")
+    if faces is not None and (not isinstance(faces, int) or isinstance(faces, bool) or faces < 0):
+        raise ValueError(f"'faces' must be a count; got {faces!r:.60}.")
+    splits = record.get("splits", [])
+    if not isinstance(splits, (list, tuple)) or not all(isinstance(s, str) for s in splits):
+        raise ValueError(f"'splits' must be a list of split names; got {splits!r:.60}.")
+    return {**checked, "faces": faces, "splits": list(splits)}

@@ -73,3 +73,91 @@ def _holder(run_dir: Path) -> str:
                 f"{holder['command']}")
     except (OSError, ValueError, KeyError):
         return "a process that has not said who it is yet"
+
+
+# --- what a refused command leaves: nothing ---------------------------------------------------
+class RunLog(logging.FileHandler):
+    """A command's log file in its run directory (Hydra's job log, ``train.log``), written only
+    once the command is under way (:func:`start_writing`): records before that wait in memory,
+    so that a command refused at its checks adds nothing to a run directory."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        super().__init__(filename, mode, encoding, delay=True)
+        self.pending: list[logging.LogRecord] | None = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.pending is not None:
+            self.pending.append(record)
+        else:
+            super().emit(record)
+
+    def commit(self) -> None:
+        pending, self.pending = self.pending, None
+        for record in pending or ():
+            super().emit(record)
+
+
+def start_writing() -> None:
+    """The command passed its checks: its log goes to its file from now on (earlier lines
+    first)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, RunLog):
+            handler.commit()
+
+
+def started() -> bool:
+    """Whether :func:`start_writing` has run (no run log at all counts as started)."""
+    logs = [h for h in logging.getLogger().handlers if isinstance(h, RunLog)]
+    return not logs or any(h.pending is None for h in logs)
+
+
+def forget_refused(run_dir: str | os.PathLike, record: str | None,
+                   keep: str | os.PathLike | None = None) -> None:
+    """Remove what a refused new command wrote in ``run_dir``: Hydra's ``record`` folder, the
+    lock files, and then every folder left empty from ``run_dir`` up to, not including,
+    ``keep``. Nothing else is touched (a folder holding anything else stays)."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if record and (run_dir / record).is_dir():
+        shutil.rmtree(run_dir / record)
+    for name in (HOLDER_NAME, LOCK_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    keep = Path(keep).resolve() if keep is not None else None
+    folder = run_dir.resolve()
+    while folder != keep and folder.parent != folder:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
+        folder = folder.parent
+
+
+# whether the runs folder existed when the command started (a refused command that made it
+# removes it again)
+_RUNS_EXISTED: dict[str, bool] = {}
+
+
+def note_runs_folder(args: list[str]) -> None:
+    """Before Hydra makes any folder: whether the command's runs folder exists already."""
+    runs = next((a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("paths.runs=")),
+                "runs")
+    _RUNS_EXISTED[str(Path(runs))] = Path(runs).exists()
+
+
+def forget_refused_command(runs: str | os.PathLike) -> None:
+    """A single command (not a sweep job) refused at its checks leaves nothing: the folders
+    Hydra made for it go (its record, then each folder left empty up to the runs folder, that
+    one too if the command made it); a folder named by hydra.run.dir goes only if empty."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    run = Path(HydraConfig.get().runtime.output_dir)
+    runs = Path(runs)
+    named = not run.resolve().is_relative_to(runs.resolve())  # hydra.run.dir=<elsewhere>
+    if named:
+        keep = run.parent
+    else:
+        keep = runs if _RUNS_EXISTED.get(str(runs), True) else runs.parent
+    forget_refused(run, HydraConfig.get().output_subdir, keep=keep)

@@ -110,16 +110,18 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
                           **_validation_setting(cfg, callbacks))
     _check_precision(trainer, cfg)
 
+    if resume is not None:
+        _check_resume(resume, resumed, cfg, timer)
+        _check_resumed_network(resume, resumed, module, cfg)
+    # checked: from here on the run writes (its log, its TensorBoard events); a command refused
+    # above added nothing to its run directory
+    rundir.start_writing()
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
     for experiment in (getattr(lg, "experiment", None) for lg in trainer.loggers):
         if hasattr(experiment, "add_text"):
             experiment.add_text("config", f"```yaml\n{config_text}\n```")
     log.info("Model %s with %d parameters; output in %s", cfg.model._target_,
              module.num_parameters(), output_dir)
-
-    if resume is not None:
-        _check_resume(resume, resumed, cfg, timer)
-        _check_resumed_network(resume, resumed, module, cfg)
     start = time.perf_counter()
     with warnings.catch_warnings():
         if not trainer.limit_val_batches:  # the checkpoints' val/acc is then never logged
@@ -232,6 +234,10 @@ def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | Non
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"module.teacher={source} cannot be read as a teacher network: "
                         f"{err}") from err
+    if not isinstance(teacher, torch.nn.Module):
+        raise ValueError(f"module.teacher={source} is an ONNX file, which ferlab runs for "
+                         "inference only; distil from the .pt, .ckpt or run directory (or the "
+                         "shipped model's name) it was exported from.")
     if getattr(teacher, "num_classes", num_classes) != num_classes:
         raise ValueError(f"module.teacher={source} predicts {teacher.num_classes} classes, this "
                          f"run {num_classes}; distil from a teacher of the same class view.")
@@ -262,10 +268,9 @@ def _read_resumed_checkpoint(ckpt_path: Path) -> dict:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{ckpt_path} is not a training checkpoint (no state_dict); resume= "
                          "continues runs written by ferlab.train.")
-    saved = checkpoint.get(CONFIG_KEY)
-    if isinstance(saved, dict):
-        for group in artifacts.DESCRIBING_GROUPS:
-            artifacts.check_targets(saved.get(group), ckpt_path, group)
+    # its config is only compared with this run's (the run, network included, is built from the
+    # command and the run's recorded overrides), but it is read as plain data all the same
+    artifacts.check_plain(checkpoint.get(CONFIG_KEY), ckpt_path, CONFIG_KEY)
     return checkpoint
 
 
@@ -354,13 +359,21 @@ def _run(cfg: DictConfig) -> float | None:
     if cfg.get("resume") and HydraConfig.initialized():
         log.info("Resuming %s with the overrides %s (the run's own, then this command's)",
                  cfg.resume, " ".join(HydraConfig.get().overrides.task))
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep:  # a sweep job's log is kept whatever happens (job.json says why a job failed)
+        rundir.start_writing()
     try:
         metrics = train(cfg)
     except BaseException as err:
         if cfg.get("resume"):
             _forget_this_sitting()
-        sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if sweep or not isinstance(err, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        user_error = isinstance(err, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1"
+        if not user_error:
+            rundir.start_writing()  # an unexpected failure: keep its log for the diagnosis
+        elif not sweep and not rundir.started() and not cfg.get("resume"):
+            _HELD.close()  # the lock on the folder goes first
+            rundir.forget_refused_command(cfg.paths.runs)
+        if sweep or not user_error:
             raise  # a sweep: Hydra records the job as failed (job.json says why) and goes on
         log.error("%s", err)
         sys.exit(2)
@@ -402,13 +415,15 @@ def _check_run_directory(args: list[str]) -> None:
         elif (run := override_value(args, "hydra.run.dir")) is not None:
             refuse_to_overwrite(Path(run))
             _HELD.enter_context(rundir.hold(Path(run)))
-    except (FileNotFoundError, FileExistsError, rundir.RunDirectoryInUse) as err:
-        print(f"error: resume={resume}: {err}" if resume else f"error: {err}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, ValueError, rundir.RunDirectoryInUse) as err:
+        print(f"error: resume={resume}: {err}" if resume and not isinstance(err, ValueError)
+              else f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 def main() -> None:
     register_resolvers()
+    rundir.note_runs_folder(sys.argv[1:])
     try:  # resume=<run dir> brings its recipe back (checked before anything is written)
         args = with_run_overrides(sys.argv[1:])
     except ValueError as err:

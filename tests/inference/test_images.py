@@ -33,6 +33,24 @@ def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
         read_image(tmp_path / "odd.tif")
 
 
+def test_a_deep_pil_image_gives_the_pixels_of_its_file(tmp_path, portrait):
+    """analyze(PIL image) of a 16-bit or float image sees what the same pixels as a file give
+    (Pillow's own convert clips them: no face at all)."""
+    from ferlab.inference.images import as_bgr
+
+    grey = np.asarray(Image.fromarray(portrait).convert("L"))
+    deep = Image.fromarray(grey.astype(np.uint16) * 257)
+    flat = Image.fromarray(grey.astype(np.float32) / 255)
+    deep.save(tmp_path / "deep.png")
+    from_file = read_image(tmp_path / "deep.png")
+    for image in (deep, flat):
+        assert np.abs(as_bgr(image).astype(int) - from_file).max() <= 1, image.mode
+    recognizer = EmotionRecognizer()
+    expected = recognizer.analyze(tmp_path / "deep.png")
+    assert expected and [f["box"] for f in recognizer.analyze(deep)] == [
+        f["box"] for f in expected]
+
+
 def test_max_pixels_can_go_above_pillows_own_limit(tmp_path):
     side = 9500  # 90.25 MP: over Pillow's 89.5 MP bomb limit, under ferlab's default 100 MP
     Image.new("L", (side, side)).save(tmp_path / "big.png")

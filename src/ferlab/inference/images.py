@@ -65,11 +65,7 @@ def _decode(source, name: str, max_pixels: int, grey: bool) -> np.ndarray:
                                  "limit is --max-pixels / max_pixels.")
             if grey:
                 image.draft("L", image.size)  # JPEG: decode the luma channel only
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-                pixels = _to_uint8(np.asarray(image), image.mode, name)
-                return pixels if grey else cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
-            pixels = np.asarray(image.convert("L" if grey else "RGB"))
+            return _pil_pixels(image, name, grey)
     except ImageError:
         raise
     except UnidentifiedImageError as err:
@@ -77,6 +73,16 @@ def _decode(source, name: str, max_pixels: int, grey: bool) -> np.ndarray:
                          "TIFF, WebP ...).") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise ImageError(f"{name}: the image data is corrupt or truncated ({err}).") from err
+
+
+def _pil_pixels(image: Image.Image, name: str, grey: bool = False) -> np.ndarray:
+    """A PIL image (files and callers' images alike) as BGR uint8 (H, W, 3), or grey (H, W),
+    upright by its EXIF orientation; 16-bit, 32-bit and float pixels scaled, not clipped."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        pixels = _to_uint8(np.asarray(image), image.mode, name)
+        return pixels if grey else cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    pixels = np.asarray(image.convert("L" if grey else "RGB"))
     return pixels if grey else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
 
 
@@ -107,8 +113,7 @@ def as_bgr(image, color_order: str = "bgr") -> np.ndarray:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode_image(bytes(image))
     if isinstance(image, Image.Image):
-        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        return _pil_pixels(image, f"the PIL image ({image.mode}, {image.width}x{image.height})")
     if not isinstance(image, np.ndarray):
         raise ImageError(f"An image is a path, the bytes of an image file, a PIL image or a "
                          f"uint8 array; got {type(image).__name__}.")

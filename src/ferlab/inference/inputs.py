@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -20,10 +21,12 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".m
 
 @dataclass(frozen=True)
 class Input:
-    """One thing to process: an existing file, or a name that resolved to nothing."""
+    """One thing to process: an existing file, a name that resolved to nothing (``missing``),
+    or an entry that could not be listed or followed (``error`` says why)."""
 
     path: Path
     missing: bool = False
+    error: str | None = None
 
     @property
     def is_video(self) -> bool:
@@ -32,25 +35,38 @@ class Input:
 
 def expand_inputs(items: list[str]) -> list[Input]:
     """Files as given, folders recursively (hidden files skipped), glob patterns expanded;
-    a name matching nothing is kept as a missing input so it is reported, not dropped."""
+    a name matching nothing is kept as a missing input, and a folder that cannot be listed or a
+    link that cannot be followed (a loop) as an input with its error, so that each is reported,
+    not dropped, while the rest goes on."""
     found: list[Input] = []
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
-        key = path.resolve()
+        try:
+            key = path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before 3.13)
+            why = "a symbolic link loop" if isinstance(err, RuntimeError) or getattr(
+                err, "errno", None) == errno.ELOOP else f"{type(err).__name__}: {err.strerror}"
+            found.append(Input(path, error=f"{path}: cannot be followed ({why}); not read."))
+            return
         if key not in seen:
             seen.add(key)
             found.append(Input(path))
 
+    def unlistable(err: OSError) -> None:
+        path = Path(err.filename) if err.filename else Path("?")
+        found.append(Input(path, error=f"{path}: the folder cannot be listed ({err.strerror}); "
+                                       "its files were not read."))
+
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
+            for dirpath, dirnames, filenames in os.walk(path, onerror=unlistable):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     if not name.startswith("."):
                         add(Path(dirpath) / name)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             add(path)
         elif glob.has_magic(item):
             matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
