@@ -39,3 +39,35 @@ def test_loading_a_checkpoint_rejects_other_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
         artifacts.load(tmp_path)
 
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so_in_one_line(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError (its zip writer's) chained to the
+    OSError: the checkpoint writer turns it into one OSError that says what to do, and the
+    checkpoint before it stays whole."""
+    import errno
+
+    import torch
+
+    from ferlab import checkpoint as module
+    from ferlab.checkpoint import AtomicCheckpointIO
+
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
+
+    def full(obj, handle):
+        handle.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos") \
+                from err
+
+    monkeypatch.setattr(module.torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write the checkpoint .*last.ckpt \(No space left "
+                                      r"on device\).*resume=.*run$") as failed:
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+    assert failed.value.errno == errno.ENOSPC and "\n" not in str(failed.value)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left

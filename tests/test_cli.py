@@ -17,6 +17,7 @@ def test_cli_without_data_says_where_to_get_it(tmp_path):
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert "No FER2013 data" in output and "FERLAB_DATA" in output and "Traceback" not in output
+    assert not (tmp_path / "runs").exists()  # refused: nothing written, not even the folders
 
 
 def test_cli_multirun_sweep_as_the_readme_writes_it(tmp_path, csv_root):
@@ -94,6 +95,39 @@ def test_cli_resume_of_a_path_without_a_run_writes_nothing(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"error: resume={path}" in result.stderr and "run directory" in result.stderr
     assert not typo.exists() and [p.name for p in folder.iterdir()] == ["a.jpg"]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file's size and time, every folder by name (its time moves when a lock's holder
+    note comes and goes)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_refused_commands_write_nothing(tmp_path, csv_root):
+    """A failed resume adds no log lines, events or records to its run; a resume= of a .ckpt
+    outside a run's checkpoints/ writes nowhere (it used to take the file's grandparent as the
+    run); a refused evaluate leaves no folder."""
+    run = tmp_path / "runs/job"
+    args = ["model=baseline", "callbacks.progress_bar=null", "data.batch_size=8", "test=false",
+            "trainer.max_epochs=1"]
+    assert _cli([*args, f"hydra.run.dir={run}"], tmp_path, data=csv_root).returncode == 0
+    before = _snapshot(tmp_path)
+    result = _cli([f"resume={run}", "model=vgg9", "trainer.max_epochs=2"], tmp_path,
+                  data=csv_root)
+    assert result.returncode == 2 and "another network" in result.stderr + result.stdout
+    assert _snapshot(tmp_path) == before
+    downloads = tmp_path / "home/Downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "model.ckpt").write_bytes((run / "checkpoints/last.ckpt").read_bytes())
+    before = _snapshot(tmp_path)
+    result = _cli([f"resume={downloads / 'model.ckpt'}"], tmp_path, data=csv_root)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "outside a run's checkpoints/ folder" in result.stderr and "init_from=" in result.stderr
+    assert _snapshot(tmp_path) == before
+    result = _cli(["ckpt_path=missing.pt"], tmp_path, data=csv_root, module="ferlab.evaluate")
+    assert result.returncode == 2 and "No model file" in result.stdout + result.stderr
+    assert _snapshot(tmp_path) == before
 
 
 def test_a_new_run_never_writes_over_an_earlier_one(make_cfg, tmp_path, csv_root):

@@ -189,3 +189,29 @@ def test_a_resumed_sittings_record_keeps_one_name():
     time.sleep(1.1)
     assert config_subdir("runs/x") == first and first.startswith(".hydra-resumed-")
     assert config_subdir(None) == ".hydra"
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, monkeypatch):
+    """A parent that is a file, or one the user may not write in (the default runs/ under a
+    read-only folder used to end in three chained PermissionError tracebacks)."""
+    import os
+
+    from ferlab.rundir import check_output_folder
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    for args in (["paths.runs=afile/runs"], ["hydra.run.dir=afile/run"],
+                 ["-m", "hydra.sweep.dir=afile/sweep"]):
+        with pytest.raises(SystemExit) as exited:
+            check_output_folder(args)
+        assert exited.value.code == 2
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p) != tmp_path)
+    with pytest.raises(SystemExit):
+        check_output_folder([])  # runs/ in a folder this user may not write in
+    assert f"this user may not write in {tmp_path}" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    check_output_folder(["hydra.run.dir=new/run"])  # a folder that can be made: no word
+    assert capsys.readouterr().err == ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,8 +34,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options; got "
                             f"{storage_options!r}.")
-        with atomic_write(path, "wb") as handle:
-            torch.save(checkpoint, handle)
+        try:
+            with atomic_write(path, "wb") as handle:
+                torch.save(checkpoint, handle)
+        except (OSError, RuntimeError) as err:  # torch.save wraps a full disk in RuntimeError
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            run = Path(path).parent.parent
+            raise OSError(cause.errno, f"cannot write the checkpoint {path} ({cause.strerror}); "
+                          "the last whole checkpoint before it is kept. Free space (or fix the "
+                          f"folder) and continue with resume={run}") from err
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind an exception, following its causes and contexts."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class ConfigInCheckpoint(L.Callback):

@@ -217,7 +217,7 @@ def _run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    rundir.note_runs_folder(sys.argv[1:])
+    rundir.check_output_folder(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")(_run)()
 
 

@@ -138,11 +138,30 @@ def forget_refused(run_dir: str | os.PathLike, record: str | None,
 _RUNS_EXISTED: dict[str, bool] = {}
 
 
-def note_runs_folder(args: list[str]) -> None:
-    """Before Hydra makes any folder: whether the command's runs folder exists already."""
-    runs = next((a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("paths.runs=")),
-                "runs")
+def _given(args: list[str], key: str) -> str | None:
+    return next((a.split("=", 1)[1].strip("'\"") for a in args
+                 if a.lstrip("+").startswith(f"{key}=")), None)
+
+
+def check_output_folder(args: list[str]) -> None:
+    """Before Hydra makes any folder: note whether the runs folder exists (a refused command
+    that made it removes it again), and refuse, in one line, a run folder that cannot be made
+    (a parent that is a file, or one this user may not write in)."""
+    runs = _given(args, "paths.runs") or "runs"
     _RUNS_EXISTED[str(Path(runs))] = Path(runs).exists()
+    sweep = "-m" in args or "--multirun" in args
+    target = Path(_given(args, "hydra.sweep.dir" if sweep else "hydra.run.dir") or runs)
+    target = target.expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists() or p == p.parent)
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"this user may not write in {existing}"
+    if problem:
+        print(f"error: cannot make the output folder {target}: {problem}. Choose another with "
+              "paths.runs=<folder> (or hydra.run.dir=<folder>).", file=sys.stderr)
+        sys.exit(2)
 
 
 def forget_refused_command(runs: str | os.PathLike) -> None:

@@ -423,7 +423,7 @@ def _check_run_directory(args: list[str]) -> None:
 
 def main() -> None:
     register_resolvers()
-    rundir.note_runs_folder(sys.argv[1:])
+    rundir.check_output_folder(sys.argv[1:])
     try:  # resume=<run dir> brings its recipe back (checked before anything is written)
         args = with_run_overrides(sys.argv[1:])
     except ValueError as err:
