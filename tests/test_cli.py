@@ -144,3 +144,20 @@ def test_a_new_run_never_writes_over_an_earlier_one(make_cfg, tmp_path, csv_root
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(make_cfg(["model=baseline"], output_dir=run))
 
+
+
+def test_help_imports_no_training_stack():
+    """`train --help` took 10 s and `predict --help` 7 s: torch and Lightning (and torchvision)
+    were imported before the arguments were read. The command modules import them only to run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ferlab.train\n"
+            "heavy = sorted(m for m in ('torch', 'lightning', 'ferlab.training') "
+            "if m in sys.modules)\n"
+            "import ferlab.predict\n"
+            "assert 'torchvision' not in sys.modules\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,13 @@ def test_broken_video_is_an_error_record(tmp_path, tiny_model_file):
     code, text, _ = _run([str(bad), "--model", str(tiny_model_file)])
     (record,) = _records(text)
     assert code == 1 and record["status"] == "error" and "broken.mp4" in record["error"]
+    # FFmpeg's own lines ("moov atom not found") stay off the user's stderr
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    result = subprocess.run([sys.executable, "-m", "ferlab.predict", str(bad), "--model",
+                             str(tiny_model_file), "--no-progress"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "broken.mp4" in result.stdout
+    assert "moov atom" not in result.stderr and "cannot be opened" in result.stderr
 
 
 def test_feature_maps(mixed_folder, tiny_model_file, tmp_path):

@@ -13,7 +13,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-
 # the Hydra configs ship inside the package: a wheel install finds them as an editable one does
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 

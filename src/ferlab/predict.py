@@ -28,7 +28,6 @@ from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.annotate import annotate
 from ferlab.inference.detect import CROP_MARGIN, make_detector
-from ferlab.inference.feature_maps import save_feature_maps
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
 from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
@@ -211,6 +210,8 @@ class Predictor:
     def _feature_maps(self, path: Path, found: list) -> None:
         if not self.args.feature_maps:
             return
+        from ferlab.inference.feature_maps import save_feature_maps  # torchvision: ~1.5 s
+
         for i, (_, face) in enumerate(found):
             target = self._output_name(path, f".face{i}.png", self.args.feature_maps)
             save_feature_maps(self.recognizer.network, face, target)

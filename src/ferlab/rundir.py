@@ -66,6 +66,16 @@ def hold(run_dir: str | os.PathLike) -> Iterator[None]:
             (run_dir / HOLDER_NAME).unlink(missing_ok=True)
 
 
+def refuse_to_overwrite(output_dir: Path) -> None:
+    """A new run never writes over the checkpoints of an earlier one in the same directory."""
+    held = sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    if held:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({len(held)} checkpoint(s), e.g. {held[-1].name}); "
+            f"continue it with resume={output_dir}, train into another directory "
+            "(hydra.run.dir=...), or delete it first.")
+
+
 def _holder(run_dir: Path) -> str:
     try:
         holder = json.loads((run_dir / HOLDER_NAME).read_text())

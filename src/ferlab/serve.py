@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from ferlab import __version__, artifacts
+from ferlab.data.transforms import to_face
 from ferlab.inference.annotate import annotate
 from ferlab.inference.images import ImageError, ImageTooLargeError, decode_image
-from ferlab.data.transforms import to_face
 from ferlab.inference.recognizer import EmotionRecognizer
 from ferlab.inference.runtime import BACKENDS, cpu_limit
 from ferlab.priors import NAMED_PRIORS

@@ -101,3 +101,20 @@ def test_ddp_shares_are_disjoint_and_cover_the_data():
         assert len(set().union(*shares)) == 21  # disjoint; two faces wait for the next epoch
     shares = [list(Shard(SequentialSampler(data), 3, rank, even=False)) for rank in range(3)]
     assert sorted(sum(shares, [])) == list(data) and [len(s) for s in shares] == [8, 8, 7]
+
+
+def test_the_first_evaluation_batches_sample_every_class(folder_root, tmp_path):
+    """An image-folder copy is read class by class; val and test are held in one fixed shuffled
+    order, so trainer.limit_val_batches=N validates on a sample of the classes, the same one in
+    every run."""
+    orders = []
+    for _ in range(2):
+        dm = FER2013DataModule(folder_root, eval_batch_size=4, cache_dir=tmp_path)
+        dm.setup()
+        for split in ("val", "test"):
+            first = next(iter(dm._loader(split, shuffle=False)))[1]
+            assert len(set(first.tolist())) >= 3, (split, first)
+        orders.append(dm.datasets["val"].labels)
+        # the whole split is still there, class for class
+        assert torch.bincount(dm.datasets["val"].labels).tolist() == [2] * 7
+    assert torch.equal(*orders)

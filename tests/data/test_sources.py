@@ -122,6 +122,17 @@ def test_label_outside_range(tmp_path, label):
         read_csv(_csv(tmp_path, corrupt))
 
 
+def test_line_numbers_count_blank_lines(tmp_path):
+    """Blank lines are skipped, and the rows after them keep their lines in the file."""
+    def corrupt(lines):
+        lines[4] = lines[4].rsplit(",", 1)[0] + ",Validation"
+        lines.insert(2, "")
+        lines.insert(2, "")
+
+    with pytest.raises(DataFormatError, match=r"line 7: Usage 'Validation' is not one of"):
+        read_csv(_csv(tmp_path, corrupt))
+
+
 def test_unknown_usage(tmp_path):
     def corrupt(lines):
         lines[2] = lines[2].rsplit(",", 1)[0] + ",Validation"
@@ -172,6 +183,25 @@ def test_image_of_wrong_size(tmp_path):
                 np.zeros((64, 48), np.uint8))
     with pytest.raises(DataFormatError, match=r"Training_999997.jpg: image is 48x64; .* 48x48"):
         read_image_folder(root)
+
+
+def test_a_stray_file_beside_the_class_folders_is_called_a_file(tmp_path):
+    root = _folder(tmp_path)
+    (root / "train" / "notes.txt").write_text("x")
+    with pytest.raises(DataFormatError, match=r"notes.txt: a file in .*train, which may only "
+                                              r"hold the class folders"):
+        read_image_folder(root)
+
+
+def test_a_missing_class_folder_is_said(tmp_path, caplog):
+    import shutil
+
+    root = _folder(tmp_path)
+    shutil.rmtree(root / "train" / "disgust")
+    with caplog.at_level("WARNING"):
+        table = read_image_folder(root)
+    assert f"{root / 'train'} has no folder for disgust" in caplog.text
+    assert "test has no folder" not in caplog.text and len(table) == 3 * len(EMOTIONS) - 1
 
 
 def test_file_with_unexpected_name(tmp_path):

@@ -129,7 +129,8 @@ def read_csv(path: str | os.PathLike) -> FaceTable:
     """Read ``fer2013.csv`` or ``icml_face_data.csv`` (column names may carry spaces)."""
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # blank lines kept as rows (then dropped) so that every row knows its line in the file
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataFormatError(f"{path}: not a readable CSV file ({err}).") from err
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -139,11 +140,14 @@ def read_csv(path: str | os.PathLike) -> FaceTable:
             f"{path}: missing column(s) {missing}; found {list(frame.columns)}. A FER2013 CSV has "
             f"the columns {list(CSV_COLUMNS)} (icml_face_data.csv spells them ' Usage', ' pixels')."
         )
+    lines = np.arange(len(frame)) + 2  # +1 for the header, +1 for 1-based lines
+    blank = (frame == "").all(axis=1).to_numpy()
+    frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
     if frame.empty:
         raise DataFormatError(f"{path}: the CSV has a header but no rows.")
 
     def where(i: int) -> str:
-        return f"{path}:line {i + 2}"  # +1 for the header, +1 for 1-based lines
+        return f"{path}:line {lines[i]}"
 
     labels = pd.to_numeric(frame["emotion"].str.strip(), errors="coerce")
     bad = ~labels.isin(range(len(EMOTIONS)))
@@ -198,14 +202,20 @@ def _parse_pixels(text: str, where: str) -> np.ndarray:
 def _iter_image_files(root: Path) -> Iterator[Path]:
     """Every image file of the image-folder layout, checking folder and file names."""
     for folder, usages in IMAGE_FOLDERS.items():
-        for class_dir in (root / folder).iterdir():
+        present = set()
+        for class_dir in sorted((root / folder).iterdir()):
             if class_dir.name.startswith("."):
                 continue
-            if not class_dir.is_dir() or class_dir.name.lower() not in EMOTIONS:
+            if not class_dir.is_dir():
+                raise DataFormatError(
+                    f"{class_dir}: a file in {root / folder}, which may only hold the class "
+                    f"folders {', '.join(EMOTIONS)}; move it out.")
+            if class_dir.name.lower() not in EMOTIONS:
                 raise DataFormatError(
                     f"{class_dir}: unknown class folder; {root / folder} may only hold the "
                     f"folders {', '.join(EMOTIONS)}."
                 )
+            present.add(class_dir.name.lower())
             for file in class_dir.iterdir():
                 if file.name.startswith("."):
                     continue
@@ -217,6 +227,11 @@ def _iter_image_files(root: Path) -> Iterator[Path]:
                         "the name)."
                     )
                 yield file
+        absent = [e for e in EMOTIONS if e not in present]
+        if absent:
+            log.warning("%s has no folder for %s: this copy of FER2013 has no %s faces (the "
+                        "release has all seven classes in train/ and test/).", root / folder,
+                        ", ".join(absent), "/".join(absent))
 
 
 def _decode(file: Path) -> np.ndarray:

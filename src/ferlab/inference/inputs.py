@@ -97,6 +97,9 @@ def read_video(path: Path, sample_fps: float = 1.0) -> tuple[Iterator[Frame], fl
         raise ValueError(f"The sampling rate must be positive; got {sample_fps}.")
     if not Path(path).is_file():  # a named pipe would block the whole batch
         raise VideoError(f"{path}: not a regular file (a pipe, socket or device); not read.")
+    # FFmpeg writes its own lines ("moov atom not found") straight to stderr; ferlab's error
+    # records say what failed, so it is quiet unless the user sets its level
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         capture.release()
