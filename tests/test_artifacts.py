@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -448,3 +449,63 @@ def test_cli_errors_are_one_message_unless_debug_asks_for_the_traceback(tmp_path
     with pytest.raises(ValueError, match="not a readable"):
         predict_main(["--model", str(tmp_path / "notes.pt"), str(tmp_path / "photo.png"),
                       "--debug"])
+
+
+def _onnx_with(tmp_path: Path, **metadata: str) -> Path:
+    import onnx
+
+    from ferlab.inference.model_file import onnx_model
+
+    path = save_model(_tiny_network(), dict(TINY), EMOTIONS, tmp_path / "m.pt")
+    model = onnx.load_from_string(onnx_model(artifacts.load(path), "none", path))
+    props = {p.key: p.value for p in model.metadata_props} | metadata
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    (tmp_path / "crafted.onnx").write_bytes(model.SerializeToString())
+    return tmp_path / "crafted.onnx"
+
+
+@pytest.mark.parametrize("case, said", [
+    ("prior with dict values", r"class prior record \(prior\) is damaged: 'train' must give a "
+                               r"number for each"),
+    ("partial", r"its network \(model\) describes a VGG .*_partial_: Extra inputs"),
+    ("360 GB of stages", r"parameters, over ferlab's bound"),
+    ("classes as a word", r"its classes must be a list of class names; got 'angry'"),
+    ("onnx network not JSON", r"its metadata ferlab.network is not valid JSON"),
+    ("onnx classes a word", r"its metadata ferlab.classes must be a list of class names"),
+    ("onnx prior dict values", r"class prior record \(metadata ferlab.prior\) is damaged"),
+])
+def test_crafted_metadata_is_one_line_naming_the_file_and_field(tmp_path, case, said):
+    file = tmp_path / "crafted.pt"
+    payload = torch.load(save_model(_tiny_network(), dict(TINY), EMOTIONS, file),
+                         weights_only=True)
+    train = dict.fromkeys(EMOTIONS, 1 / 7)
+    if case == "prior with dict values":
+        payload["prior"] = {"train": {**train, "happy": {"x": 1}}, "output": train}
+    elif case == "partial":
+        payload["model"]["_partial_"] = True
+    elif case == "360 GB of stages":
+        payload["model"].update(stages=[[2048] * 8] * 8, hidden=[8192] * 4, head="gap")
+    elif case == "classes as a word":
+        payload["classes"] = "angry"
+    elif case == "onnx network not JSON":
+        file = _onnx_with(tmp_path, **{"ferlab.network": "{'_target_': oops"})
+    elif case == "onnx classes a word":
+        file = _onnx_with(tmp_path, **{"ferlab.classes": '"angry"'})
+    elif case == "onnx prior dict values":
+        file = _onnx_with(tmp_path, **{"ferlab.prior": json.dumps(
+            {"train": {**train, "sad": {}}, "output": train})})
+    if file.suffix == ".pt":
+        torch.save(payload, file)
+    with pytest.raises(ValueError, match=said) as refused:
+        artifacts.load(file)
+    assert str(file) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_onnx_teacher_is_refused_in_one_line(make_cfg, tmp_path):
+    from ferlab.train import train
+
+    file = _onnx_with(tmp_path)
+    cfg = make_cfg(["model=baseline", f"module.teacher={file}"], output_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"is an ONNX file, which ferlab runs for inference"):
+        train(cfg)
