@@ -104,14 +104,12 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:
             if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
-def test_refused_commands_write_nothing(tmp_path, csv_root):
+def test_refused_commands_write_nothing(make_cfg, tmp_path, csv_root):
     """A failed resume adds no log lines, events or records to its run; a resume= of a .ckpt
     outside a run's checkpoints/ writes nowhere (it used to take the file's grandparent as the
     run); a refused evaluate leaves no folder."""
     run = tmp_path / "runs/job"
-    args = ["model=baseline", "callbacks.progress_bar=null", "data.batch_size=8", "test=false",
-            "trainer.max_epochs=1"]
-    assert _cli([*args, f"hydra.run.dir={run}"], tmp_path, data=csv_root).returncode == 0
+    train(make_cfg(["model=baseline", "trainer.max_epochs=1", "test=false"], output_dir=run))
     before = _snapshot(tmp_path)
     result = _cli([f"resume={run}", "model=vgg9", "trainer.max_epochs=2"], tmp_path,
                   data=csv_root)

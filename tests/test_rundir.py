@@ -55,12 +55,14 @@ def test_a_second_run_in_a_running_directory_is_refused(tmp_path, csv_root):
                          csv_root)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert in_use in result.stderr or "already holds a run" in result.stderr
+        _wait_for((run / "checkpoints" / "last.ckpt").is_file, "checkpoint", first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    # the killed run's lock went with its process: it resumes (for one more epoch)
+    # the killed run's lock went with its process: it resumes (for two more epochs, so that it
+    # is then past max_epochs=1 below whenever it was killed)
     epoch = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"]
-    result = run_cli([f"resume={run}", f"trainer.max_epochs={epoch + 2}"], tmp_path, csv_root)
+    result = run_cli([f"resume={run}", f"trainer.max_epochs={epoch + 3}"], tmp_path, csv_root)
     assert result.returncode == 0, result.stderr[-2000:]
     # asking for fewer epochs than it has: a message, not a traceback
     result = run_cli([f"resume={run}", "trainer.max_epochs=1"], tmp_path, csv_root)

@@ -200,7 +200,7 @@ def test_resume_warns_about_a_changed_config(make_cfg, tmp_path, caplog):
 def test_val_in_training_turns_validation_off_and_tests_the_last_epoch(make_cfg, tmp_path,
                                                                          caplog):
     out = tmp_path / "run"
-    caplog.set_level(logging.INFO, logger="ferlab.train")
+    caplog.set_level(logging.INFO, logger="ferlab.training")
     metrics = train(short_cfg(make_cfg, out, ["data.train_splits=[train,val]"]))
     assert "Validation is off" in caplog.text
     assert not any(k.startswith("val/") for k in metrics) and "test/acc" in metrics

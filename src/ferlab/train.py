@@ -93,6 +93,8 @@ def _check_run_directory(args: list[str]) -> None:
             from ferlab.artifacts import find_checkpoint
 
             run = Path(run_dir(resume, ""))
+            if (run / rundir.LOCK_NAME).exists():  # a run: one still running is said first
+                _HELD.enter_context(rundir.hold(run))
             find_checkpoint(resume)
             _HELD.enter_context(rundir.hold(run))
         elif (run := override_value(args, "hydra.run.dir")) is not None:
