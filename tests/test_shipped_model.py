@@ -50,16 +50,14 @@ def test_shipped_model_privatetest_accuracy(name):
     test = load_faces(REAL_DATA, USER_CACHE).select("test")
     # default settings as a user gets them (a uniform class prior), and the model as trained
     recognizer = EmotionRecognizer() if name == "default" else EmotionRecognizer(name)
-    uniform = recognizer.predict_faces(test.faces).argmax(1)
+    # the uniform prior raises the rarest class most: disgust (1.5% of the training faces); its
+    # recall needs the disgust faces alone, so the default's pass runs on those (55 faces)
+    disgust = EMOTIONS.index("disgust")
+    rare = test.faces[test.labels == disgust]
+    uniform = np.mean(recognizer.predict_faces(rare).argmax(1) == disgust)
     recognizer.prior = "train"
     as_trained = recognizer.predict_faces(test.faces).argmax(1)
     acc = float(np.mean(as_trained == test.labels))
     assert acc >= expected - 0.005, (f"{name}: PrivateTest accuracy {acc:.4f} < card "
                                      f"{expected:.4f} - 0.005")
-
-    def recall(predicted, k):
-        return np.mean(predicted[test.labels == k] == k)
-
-    # the uniform prior raises the rarest class most: disgust (1.5% of the training faces)
-    disgust = EMOTIONS.index("disgust")
-    assert recall(uniform, disgust) > recall(as_trained, disgust) + 0.05
+    assert uniform > np.mean(as_trained[test.labels == disgust] == disgust) + 0.05

@@ -248,7 +248,7 @@ def _time_is_up(timer: Timer | None) -> bool:
 
 def _read_resumed_checkpoint(ckpt_path: Path) -> dict:
     """The checkpoint a resume continues, read before anything is built: Lightning reloads
-    only its state, but a stored config naming code outside ferlab's allow-list is refused."""
+    only its state; its stored config must be plain data (no interpolation, bounded)."""
     checkpoint = read_torch_file(ckpt_path, "PyTorch checkpoint")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{ckpt_path} is not a training checkpoint (no state_dict); resume= "
