@@ -156,8 +156,10 @@ class Service:
         try:
             return decode_image(data, max_pixels=budget, grey=grey)
         except ImageTooLargeError as err:
-            raise ApiError(413, "too_many_pixels", f"{err} The server decodes at most "
-                           f"{self.limits.max_pixels:,} pixels per request (--max-pixels)."
+            said = str(err).split(" pixels", 1)[0].removeprefix("the image bytes: ")
+            raise ApiError(413, "too_many_pixels", f"An image of {said} pixels takes the request "
+                           f"past the {self.limits.max_pixels:,} pixels the server decodes for "
+                           "one request (all its images together; ferlab.serve --max-pixels)."
                            ) from None
         except ImageError as err:
             raise ApiError(400, "bad_image", str(err)) from None
