@@ -200,6 +200,9 @@ def test_summarize_rebuilds_a_cut_off_sweep(tmp_path, csv_root):
     summary = pd.read_csv(sweep / "summary.csv")
     assert list(summary["status"]) == ["completed", "unfinished"]
     assert summarize_main([str(tmp_path / "nothing")]) == 2
+    # a job's record that is not plain YAML (a tag) is one line, not a yaml traceback
+    (second / ".hydra/overrides.yaml").write_text("- !!python/object/apply:os.system [x]\n")
+    assert summarize_main([str(sweep)]) == 2
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, csv_root):

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = summarize(args.sweep_dir, metric=args.metric, direction=args.direction)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # no sweep there, or a damaged record
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())

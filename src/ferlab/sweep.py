@@ -32,6 +32,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab.config import read_recorded_overrides
 from ferlab.files import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def _job_row(job: Path) -> dict[str, Any]:
-    overrides = yaml.safe_load((job / ".hydra/overrides.yaml").read_text()) or []
+    overrides = read_recorded_overrides(job / ".hydra/overrides.yaml")
     record = json.loads((job / JOB_RECORD).read_text()) if (job / JOB_RECORD).is_file() else {}
     metrics_file = job / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -179,8 +180,8 @@ def summarize(sweep_dir: str | os.PathLike, metric: str | None = None,
     best = table[table["status"] == "completed"].dropna(subset=[metric]).head(1)
     rerun = None
     if len(best):
-        overrides = yaml.safe_load((sweep_dir / best.iloc[0]["job"] /
-                                    ".hydra/overrides.yaml").read_text()) or []
+        overrides = read_recorded_overrides(sweep_dir / best.iloc[0]["job"] /
+                                            ".hydra/overrides.yaml")
         # one run: without the search's own settings (hparams_search, its storage)
         rerun = "python -m ferlab.train " + " ".join(
             shlex.quote(o) for o in overrides
@@ -197,13 +198,21 @@ def summarize(sweep_dir: str | os.PathLike, metric: str | None = None,
 
 def _sweep_record(sweep_dir: Path) -> dict:
     """The sweep's own record; for sweeps without one, Hydra's multirun.yaml (basic sweeper)."""
-    if (sweep_dir / SWEEP_RECORD).is_file():
-        return json.loads((sweep_dir / SWEEP_RECORD).read_text())
-    if (sweep_dir / "multirun.yaml").is_file():
-        config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}
-        return {"optimized_metric": config.get("optimized_metric"),
-                "sweeper": config.get("hydra", {}).get("sweeper", {})}
-    return {}
+    try:
+        if (sweep_dir / SWEEP_RECORD).is_file():
+            record = json.loads((sweep_dir / SWEEP_RECORD).read_text())
+        elif (sweep_dir / "multirun.yaml").is_file():
+            config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}
+            record = {"optimized_metric": config.get("optimized_metric"),
+                      "sweeper": (config.get("hydra") or {}).get("sweeper", {})}
+        else:
+            return {}
+    except (ValueError, yaml.YAMLError, AttributeError) as err:
+        raise ValueError(f"{sweep_dir}: its sweep record is damaged ({type(err).__name__}); "
+                         "summarize a directory a multirun wrote.") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{sweep_dir}: its sweep record is not a mapping.")
+    return record
 
 
 def _swept_keys(table: pd.DataFrame) -> list[str]:
