@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -509,3 +510,26 @@ def test_an_onnx_teacher_is_refused_in_one_line(make_cfg, tmp_path):
     cfg = make_cfg(["model=baseline", f"module.teacher={file}"], output_dir=tmp_path / "run")
     with pytest.raises(ValueError, match=r"is an ONNX file, which ferlab runs for inference"):
         train(cfg)
+
+
+def test_a_resnet_loads_runs_on_onnx_runtime_and_joins_an_ensemble(tmp_path):
+    """A residual network goes through the same schema as VGG: its file loads for inference,
+    converts to ONNX (ONNX Runtime's outputs match PyTorch's) and averages with a VGG."""
+    from ferlab.models import ResNet
+
+    torch.manual_seed(0)
+    described = {"_target_": "ferlab.models.ResNet", "num_classes": 7, "stem": 8,
+                 "stages": [[8], [16], [16]]}
+    resnet = artifacts.build_network(described, "resnet.pt").eval()
+    assert isinstance(resnet, ResNet)
+    path = save_model(resnet, described, EMOTIONS, tmp_path / "resnet.pt")
+    faces = (torch.rand(5, 48, 48) * 255).to(torch.uint8).numpy()
+    on_torch = EmotionRecognizer(path, backend="torch", prior="train").predict_faces(faces)
+    on_onnx = EmotionRecognizer(path, backend="onnxruntime", prior="train").predict_faces(faces)
+    np.testing.assert_allclose(on_onnx, on_torch, atol=1e-5)
+    vgg = save_model(_tiny_network(), dict(TINY), EMOTIONS, tmp_path / "vgg.pt")
+    both = EmotionRecognizer([path, vgg], backend="torch", prior="train").predict_faces(faces)
+    alone = EmotionRecognizer(vgg, backend="torch", prior="train").predict_faces(faces)
+    np.testing.assert_allclose(both, (on_torch + alone) / 2, atol=1e-6)
+    with pytest.raises(SchemaError, match=r"stem: Input should be less than or equal to 2048"):
+        artifacts.build_network({**described, "stem": 4096}, "resnet.pt")

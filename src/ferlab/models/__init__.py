@@ -1,6 +1,7 @@
 """Plain nn.Module networks; variants are parameters chosen in ferlab/conf/model/."""
 
 from ferlab.models.blocks import fold_batch_norm
+from ferlab.models.resnet import ResNet
 from ferlab.models.vgg import VGG
 
-__all__ = ["VGG", "fold_batch_norm"]
+__all__ = ["VGG", "ResNet", "fold_batch_norm"]

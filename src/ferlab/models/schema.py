@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from torch import nn
 
+from ferlab.models.resnet import ResNet
 from ferlab.models.vgg import VGG
 
 # bounds on what a file may ask ferlab to allocate: the shipped networks have 1.2M and 3.5M
@@ -67,6 +68,46 @@ class VGGSpec(BaseModel):
         return self
 
 
+class ResNetSpec(BaseModel):
+    """The fields of :class:`ferlab.models.ResNet` a file may set, with their bounds."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    num_classes: int = Field(7, ge=2, le=MAX_CLASSES)
+    stages: Annotated[list[Annotated[list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]],
+                                     Field(min_length=1, max_length=MAX_CONVS_PER_STAGE)]],
+                      Field(min_length=1, max_length=MAX_STAGES)] = \
+        [[64, 64], [128, 128], [256, 256], [512, 512]]
+    stem: int = Field(64, ge=1, le=MAX_WIDTH)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    in_channels: Literal[1, 3] = 1
+    input_size: int = Field(48, ge=8, le=MAX_INPUT_SIZE)
+
+    @model_validator(mode="after")
+    def _fits(self) -> ResNetSpec:
+        if self.input_size // 2 ** (len(self.stages) - 1) < 1:
+            raise ValueError(f"{len(self.stages)} stages halve a {self.input_size}px input to "
+                             "nothing")
+        count = resnet_parameters(self)
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"it describes {count:,} parameters, over ferlab's bound of "
+                             f"{MAX_PARAMETERS:,}")
+        return self
+
+
+def resnet_parameters(spec: ResNetSpec) -> int:
+    """The parameter count of the ResNet a spec describes, computed without building it."""
+    count = spec.in_channels * spec.stem * 9 + 2 * spec.stem
+    channels = spec.stem
+    for i, stage in enumerate(spec.stages):
+        for j, width in enumerate(stage):
+            count += channels * width * 9 + width * width * 9 + 4 * width
+            if channels != width or (i and not j):  # a 1x1 shortcut with its batch norm
+                count += channels * width + 2 * width
+            channels = width
+    return count + channels * spec.num_classes + spec.num_classes
+
+
 def vgg_parameters(spec: VGGSpec) -> int:
     """The parameter count of the VGG a spec describes, computed without building it."""
     count, channels = 0, spec.in_channels
@@ -94,10 +135,12 @@ def _name(network: type) -> str:
     return f"{network.__module__}.{network.__qualname__}"
 
 
-# description names -> families; VGG under the two names ferlab's configs and files have used
+# description names -> families, each under its short and its full name
 FAMILIES: dict[str, Family] = {
     "ferlab.models.VGG": Family(VGG, VGGSpec),
     _name(VGG): Family(VGG, VGGSpec),
+    "ferlab.models.ResNet": Family(ResNet, ResNetSpec),
+    _name(ResNet): Family(ResNet, ResNetSpec),
 }
 
 
