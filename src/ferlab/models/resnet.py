@@ -1,4 +1,4 @@
-"""Residual networks built from a list of stages; resnet18 and its slim variant are settings of it."""
+"""Residual networks built from a list of stages; resnet18 and resnet18_slim are two settings."""
 
 from __future__ import annotations
 
