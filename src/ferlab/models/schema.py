@@ -35,92 +35,98 @@ class SchemaError(ValueError):
     """A network description that is not one ferlab can build."""
 
 
-class VGGSpec(BaseModel):
-    """The fields of :class:`ferlab.models.VGG` a file may set, with their bounds."""
+# the field types the families share
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Stages = Annotated[list[Annotated[list[Width], Field(min_length=1,
+                                                     max_length=MAX_CONVS_PER_STAGE)]],
+                   Field(min_length=1, max_length=MAX_STAGES)]
+Classes = Annotated[int, Field(ge=2, le=MAX_CLASSES)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]  # a dropout rate
+InputSize = Annotated[int, Field(ge=8, le=MAX_INPUT_SIZE)]
 
-    # strict: a string is never read as a number, a number never as a bool
+
+class Spec(BaseModel):
+    """What every family's schema shares: strict types (a string is never read as a number, a
+    number never as a bool), no unknown field, and a parameter count within the bound."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    num_classes: int = Field(7, ge=2, le=MAX_CLASSES)
-    stages: Annotated[list[Annotated[list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]],
-                                     Field(min_length=1, max_length=MAX_CONVS_PER_STAGE)]],
-                      Field(min_length=1, max_length=MAX_STAGES)] = \
-        [[32, 32, 32], [64, 64, 64], [128, 128, 128]]
-    hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_UNITS)]],
-                      Field(max_length=MAX_HIDDEN_LAYERS)] = [256]
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    stage_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    batch_norm: bool = True
-    head: Literal["flatten", "gap"] = "flatten"
-    in_channels: Literal[1, 3] = 1
-    input_size: int = Field(48, ge=8, le=MAX_INPUT_SIZE)
+    def parameters(self) -> int:
+        raise NotImplementedError
 
     @model_validator(mode="after")
-    def _fits(self) -> VGGSpec:
-        feature = self.input_size // 2 ** len(self.stages)
-        if self.head == "flatten" and feature < 1:
-            raise ValueError(f"{len(self.stages)} pooling stages shrink a {self.input_size}px "
-                             "input to nothing with head='flatten'")
-        count = vgg_parameters(self)
+    def _bounded(self) -> Spec:
+        count = self.parameters()
         if count > MAX_PARAMETERS:
             raise ValueError(f"it describes {count:,} parameters, over ferlab's bound of "
                              f"{MAX_PARAMETERS:,}")
         return self
 
 
-class ResNetSpec(BaseModel):
+class VGGSpec(Spec):
+    """The fields of :class:`ferlab.models.VGG` a file may set, with their bounds."""
+
+    num_classes: Classes = 7
+    stages: Stages = [[32, 32, 32], [64, 64, 64], [128, 128, 128]]
+    hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_UNITS)]],
+                      Field(max_length=MAX_HIDDEN_LAYERS)] = [256]
+    dropout: Fraction = 0.5
+    stage_dropout: Fraction = 0.0
+    batch_norm: bool = True
+    head: Literal["flatten", "gap"] = "flatten"
+    in_channels: Literal[1, 3] = 1
+    input_size: InputSize = 48
+
+    @model_validator(mode="after")
+    def _fits(self) -> VGGSpec:
+        if self.head == "flatten" and self.input_size // 2 ** len(self.stages) < 1:
+            raise ValueError(f"{len(self.stages)} pooling stages shrink a {self.input_size}px "
+                             "input to nothing with head='flatten'")
+        return self
+
+    def parameters(self) -> int:
+        """The parameter count of the VGG it describes, computed without building it."""
+        count, channels = 0, self.in_channels
+        for stage in self.stages:
+            for width in stage:
+                count += channels * width * 9 + (2 * width if self.batch_norm else width)
+                channels = width
+        feature = self.input_size // 2 ** len(self.stages)
+        width = channels if self.head == "gap" else channels * feature * feature
+        for units in [*self.hidden, self.num_classes]:
+            count += width * units + units
+            width = units
+        return count
+
+
+class ResNetSpec(Spec):
     """The fields of :class:`ferlab.models.ResNet` a file may set, with their bounds."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    num_classes: int = Field(7, ge=2, le=MAX_CLASSES)
-    stages: Annotated[list[Annotated[list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]],
-                                     Field(min_length=1, max_length=MAX_CONVS_PER_STAGE)]],
-                      Field(min_length=1, max_length=MAX_STAGES)] = \
-        [[64, 64], [128, 128], [256, 256], [512, 512]]
-    stem: int = Field(64, ge=1, le=MAX_WIDTH)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    num_classes: Classes = 7
+    stages: Stages = [[64, 64], [128, 128], [256, 256], [512, 512]]
+    stem: Width = 64
+    dropout: Fraction = 0.0
     in_channels: Literal[1, 3] = 1
-    input_size: int = Field(48, ge=8, le=MAX_INPUT_SIZE)
+    input_size: InputSize = 48
 
     @model_validator(mode="after")
     def _fits(self) -> ResNetSpec:
         if self.input_size // 2 ** (len(self.stages) - 1) < 1:
             raise ValueError(f"{len(self.stages)} stages halve a {self.input_size}px input to "
                              "nothing")
-        count = resnet_parameters(self)
-        if count > MAX_PARAMETERS:
-            raise ValueError(f"it describes {count:,} parameters, over ferlab's bound of "
-                             f"{MAX_PARAMETERS:,}")
         return self
 
-
-def resnet_parameters(spec: ResNetSpec) -> int:
-    """The parameter count of the ResNet a spec describes, computed without building it."""
-    count = spec.in_channels * spec.stem * 9 + 2 * spec.stem
-    channels = spec.stem
-    for i, stage in enumerate(spec.stages):
-        for j, width in enumerate(stage):
-            count += channels * width * 9 + width * width * 9 + 4 * width
-            if channels != width or (i and not j):  # a 1x1 shortcut with its batch norm
-                count += channels * width + 2 * width
-            channels = width
-    return count + channels * spec.num_classes + spec.num_classes
-
-
-def vgg_parameters(spec: VGGSpec) -> int:
-    """The parameter count of the VGG a spec describes, computed without building it."""
-    count, channels = 0, spec.in_channels
-    for stage in spec.stages:
-        for width in stage:
-            count += channels * width * 9 + (2 * width if spec.batch_norm else width)
-            channels = width
-    feature = spec.input_size // 2 ** len(spec.stages)
-    width = channels if spec.head == "gap" else channels * feature * feature
-    for units in [*spec.hidden, spec.num_classes]:
-        count += width * units + units
-        width = units
-    return count
+    def parameters(self) -> int:
+        """The parameter count of the ResNet it describes, computed without building it."""
+        count = self.in_channels * self.stem * 9 + 2 * self.stem
+        channels = self.stem
+        for i, stage in enumerate(self.stages):
+            for j, width in enumerate(stage):
+                count += channels * width * 9 + width * width * 9 + 4 * width
+                if channels != width or (i and not j):  # a 1x1 shortcut with its batch norm
+                    count += channels * width + 2 * width
+                channels = width
+        return count + channels * self.num_classes + self.num_classes
 
 
 @dataclass(frozen=True)
