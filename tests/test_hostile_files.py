@@ -27,7 +27,7 @@ from tests.conftest import TINY
 from tests.test_artifacts import _checkpoint, _tiny_network
 
 CANARY = Path(tempfile.gettempdir()) / "ferlab-hostile-canary"
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
