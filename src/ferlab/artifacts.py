@@ -215,7 +215,7 @@ def network_description(description: Any, file: str | os.PathLike, where: str = 
 def build_network(description: Mapping[str, Any],
                   file: str | os.PathLike = "the config") -> nn.Module:
     """The network a description names, built by ferlab's own code from validated fields."""
-    return schema.build(network_description(description, file), f"{file}: its network")
+    return schema.build(check_plain(description, file, "model"), f"{file}: its network")
 
 
 def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:

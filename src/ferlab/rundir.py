@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from ferlab.config import override_value
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +129,6 @@ def forget_refused(run_dir: str | os.PathLike, record: str | None,
     """Remove what a refused new command wrote in ``run_dir``: Hydra's ``record`` folder, the
     lock files, and then every folder left empty from ``run_dir`` up to, not including,
     ``keep``. Nothing else is touched (a folder holding anything else stays)."""
-    import shutil
-
     run_dir = Path(run_dir)
     if record and (run_dir / record).is_dir():
         shutil.rmtree(run_dir / record)
@@ -148,19 +149,14 @@ def forget_refused(run_dir: str | os.PathLike, record: str | None,
 _RUNS_EXISTED: dict[str, bool] = {}
 
 
-def _given(args: list[str], key: str) -> str | None:
-    return next((a.split("=", 1)[1].strip("'\"") for a in args
-                 if a.lstrip("+").startswith(f"{key}=")), None)
-
-
 def check_output_folder(args: list[str]) -> None:
     """Before Hydra makes any folder: note whether the runs folder exists (a refused command
     that made it removes it again), and refuse, in one line, a run folder that cannot be made
     (a parent that is a file, or one this user may not write in)."""
-    runs = _given(args, "paths.runs") or "runs"
+    runs = override_value(args, "paths.runs") or "runs"
     _RUNS_EXISTED[str(Path(runs))] = Path(runs).exists()
     sweep = "-m" in args or "--multirun" in args
-    target = Path(_given(args, "hydra.sweep.dir" if sweep else "hydra.run.dir") or runs)
+    target = Path(override_value(args, "hydra.sweep.dir" if sweep else "hydra.run.dir") or runs)
     target = target.expanduser().absolute()
     existing = next(p for p in (target, *target.parents) if p.exists() or p == p.parent)
     problem = None

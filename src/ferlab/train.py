@@ -93,10 +93,12 @@ def _check_run_directory(args: list[str]) -> None:
             from ferlab.artifacts import find_checkpoint
 
             run = Path(run_dir(resume, ""))
-            if (run / rundir.LOCK_NAME).exists():  # a run: one still running is said first
+            locked = (run / rundir.LOCK_NAME).exists()  # a run: one still running is said first
+            if locked:
                 _HELD.enter_context(rundir.hold(run))
-            find_checkpoint(resume)
-            _HELD.enter_context(rundir.hold(run))
+            find_checkpoint(resume)  # before a lock file goes into a folder that is not a run
+            if not locked:
+                _HELD.enter_context(rundir.hold(run))
         elif (run := override_value(args, "hydra.run.dir")) is not None:
             rundir.refuse_to_overwrite(Path(run))
             _HELD.enter_context(rundir.hold(Path(run)))
