@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,search,scale,serve]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,search,scale,serve,track]'
 	# the optional MTCNN detector; --no-deps because facenet-pytorch pins torch<2.3
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'facenet-pytorch==2.6.0'
 	touch $(STAMP)

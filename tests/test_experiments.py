@@ -265,7 +265,7 @@ def _recorded_commands():
 @pytest.mark.parametrize(("run", "command"), list(_recorded_commands()))
 def test_every_recorded_command_still_composes(run, command):
     """Each run's command, as recorded, composes against today's configs: a recipe ferlab keeps
-    (src/ferlab/conf/experiment) or the study's own (experiments/<study>/experiment, named by
+    (conf/experiment) or the study's own (experiments/<study>/experiment, named by
     --config-dir), and the experiment it names is the run's."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -183,7 +183,7 @@ def test_a_mistyped_search_stops_before_any_job(tmp_path, csv_root):
     result = run_cli([*OPTUNA, "hydra.sweeper.n_trials=3", "optimized_metric=val/accuracy"],
                      tmp_path, csv_root)
     assert result.returncode != 0 and "optimized_metric=val/accuracy" in result.stderr
-    assert not list(tmp_path.glob("runs/multirun/*/0_*"))
+    assert not list(tmp_path.glob("runs/multirun/*/0*"))
 
 
 def test_summarize_rebuilds_a_cut_off_sweep(tmp_path, csv_root):
@@ -243,3 +243,47 @@ def test_submitit_local_multirun(tmp_path, csv_root):
     summary = pd.read_csv(sweep / "summary.csv")
     assert sorted(summary["model.dropout"]) == [0.3, 0.5]
     assert set(summary["status"]) == {"completed"}
+
+
+PRUNED = _as_written("python -m ferlab.train -m hparams_search=optuna_pruned "
+                     "hydra.sweeper.n_trials=6 model=baseline ++trainer.max_epochs=3 "
+                     "++trainer.limit_train_batches=5 ++trainer.limit_val_batches=2 test=false")
+
+
+@pytest.mark.parametrize("storage", [None, "sqlite"])
+def test_a_pruned_search_stops_poor_trials_and_says_so(tmp_path, csv_root, storage):
+    """Median pruning each epoch: trials that cannot learn (lr 1e-9: their val/loss stays at the
+    initial network's, every trial starting from the same seed) are stopped once trials that
+    learn have finished; the study, job.json and the summary say pruned."""
+    import optuna
+
+    args = [*PRUNED, "hydra.sweeper.params={module.optimizer.lr: 'choice(0.01, 1e-9)', "
+            "model.dropout: 0.0, module.label_smoothing: 0.0, module.mixup_alpha: 0.0, "
+            "module.optimizer.weight_decay: 0.0}", "optimized_metric=val/loss",
+            "hydra.sweeper.direction=minimize", "hydra.sweeper.pruner.n_startup_trials=1",
+            "hydra.sweeper.pruner.n_warmup_steps=0", "data.batch_size=8"]
+    if storage:
+        db = f"sqlite:///{tmp_path / 'optuna.db'}"
+        args.append(f"storage={db}")
+    result = run_cli(args, tmp_path, csv_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    summary = pd.read_csv(sweep / "summary.csv")
+    records = {job.name: json.loads((job / "job.json").read_text()) for job in job_dirs(sweep)}
+    pruned = [name for name, r in records.items() if r["status"] == "pruned"]
+    assert pruned, records
+    for name in pruned:
+        assert records[name]["epochs"] < 3 and "pruned after epoch" in records[name]["error"]
+        assert not (sweep / name / "metrics.json").exists()
+        assert float(summary.set_index("job").loc[int(name), "module.optimizer.lr"]) == 1e-9
+    assert (summary[summary["status"] == "completed"]["module.optimizer.lr"] == 0.01).any()
+    assert set(summary["status"]) <= {"completed", "pruned"}
+    assert summary.iloc[0]["status"] == "completed"  # finished trials rank first
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"]["pruned"] == len(pruned)
+    assert results["trials"]["complete"] + len(pruned) == 6
+    if storage:
+        study = optuna.load_study(study_name="ferlab", storage=db)
+        states = [t.state.name for t in study.trials]
+        assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == 6 - len(
+            pruned)

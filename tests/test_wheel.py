@@ -23,10 +23,11 @@ def installed(tmp_path_factory) -> Path:
     # built from a copy: a build writes build/ and *.egg-info/ beside the sources
     source = out / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "src", source / "src",
-                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for folder in ("src", "conf"):
+        shutil.copytree(ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                             "--no-build-isolation", "-q", "-w", str(out / "dist"), str(source)],
                            capture_output=True, text=True, timeout=600)
@@ -38,6 +39,14 @@ def installed(tmp_path_factory) -> Path:
         names = archive.namelist()
         assert {"ferlab/conf/train.yaml", "ferlab/conf/experiment/vgg8_gap_mix.yaml"} <= set(names)
         assert "ferlab/weights/ferlab_fer2013.pt" in names and "ferlab/web/index.html" in names
+        # every package of the checkout (pyproject lists them for the conf/ mapping)
+        packages = {str(p.parent.relative_to(ROOT / "src")) for p in (ROOT / "src").rglob(
+            "__init__.py")}
+        assert packages <= {str(Path(n).parent) for n in names}, packages
+        # every config of conf/
+        configs = {f"ferlab/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob(
+            "*.yaml")}
+        assert configs <= set(names), configs - set(names)
     site = out / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, capture_output=True, timeout=600)

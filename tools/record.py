@@ -8,7 +8,7 @@
 A study is a folder of experiments/ (its README.md: the question, the plan fixed before the
 runs, the result and the conclusion); each of its runs has a folder with ``study.json`` (the
 question, the exact command, hardware, the run's metrics) and, where evaluated, ``report/``.
-A recipe that is not in src/ferlab/conf/experiment/ lives in the study's own ``experiment/``
+A recipe that is not in conf/experiment/ lives in the study's own ``experiment/``
 folder, and the command runs it with ``--config-dir experiments/STUDY``.
 
 ``add`` copies the run's metrics.json, its Hydra overrides (the exact command) and, when

@@ -204,6 +204,9 @@ def network_description(description: Any, file: str | os.PathLike, where: str = 
     """A file's network description, validated (:mod:`ferlab.models.schema`) and normalised:
     what ferlab builds and what it writes into the files it makes from this one."""
     check_plain(description, file, where)
+    if isinstance(description, Mapping) and "weights" in description:
+        # model.weights: the file a training run started from, not part of the network
+        description = {k: v for k, v in description.items() if k != "weights"}
     described = schema.normalised(description, f"{file}: its network ({where})")
     if num_classes is not None and described.get("num_classes", num_classes) != num_classes:
         raise ValueError(f"{file}: its network ({where}) predicts {described['num_classes']} "

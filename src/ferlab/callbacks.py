@@ -1,4 +1,4 @@
-"""Callbacks that ferlab adds to Lightning's own (configured in ferlab/conf/callbacks/)."""
+"""Callbacks that ferlab adds to Lightning's own (configured in conf/callbacks/)."""
 
 from __future__ import annotations
 
@@ -83,3 +83,34 @@ class EMA(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # resume: both networks go on training
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class OptunaPruning(L.Callback):
+    """Reports ``monitor`` to an Optuna trial after every validation and stops the run when the
+    study's pruner says so, raising ``optuna.TrialPruned`` (the sweeper records the trial as
+    pruned and the sweep goes on). ``ferlab.train`` adds it to the jobs of a pruned search."""
+
+    def __init__(self, trial, monitor: str = "val/acc_best") -> None:
+        self.trial, self.monitor = trial, monitor
+        self._said = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            if not self._said:
+                log.warning("Pruning reads %s, which validation does not log: this trial "
+                            "cannot be pruned (prune on val/acc_best or val/loss).", self.monitor)
+                self._said = True
+            return
+        import optuna
+
+        epoch, value = trainer.current_epoch, float(value)
+        self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            pruned = optuna.TrialPruned(f"pruned after epoch {epoch + 1}: {self.monitor}="
+                                        f"{value:.4f}, worse than the study's pruner allows "
+                                        "at that epoch")
+            pruned.value, pruned.epochs = value, epoch + 1
+            raise pruned

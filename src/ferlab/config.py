@@ -13,8 +13,17 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-# the Hydra configs ship inside the package: a wheel install finds them as an editable one does
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+def _config_dir() -> Path:
+    """The Hydra configs: ``conf/`` at the top of a checkout (an editable install), which a
+    wheel installs as ``ferlab/conf`` (pyproject's package-dir mapping)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parents[1] / "conf"
+
+
+CONFIG_DIR = str(_config_dir())
 
 
 def run_dir(resume: str | None, default: str) -> str:

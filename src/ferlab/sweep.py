@@ -1,7 +1,7 @@
 """Sweeps (Hydra multiruns, grid or Optuna): checks before the first job, a record per job, and
 the summary of a whole sweep.
 
-:class:`SweepCallback` is a Hydra callback (``hydra.callbacks`` in ferlab/conf/hydra/default.yaml):
+:class:`SweepCallback` is a Hydra callback (``hydra.callbacks`` in conf/hydra/default.yaml):
 refuses a search whose objective no run reports or whose search space names a key that does not
 exist, before the first job; writes ``job.json`` (status, error, overrides, the returned
 objective) into every job's folder, also for a job that failed; and at the end of the multirun
@@ -72,7 +72,7 @@ def check_search(cfg: DictConfig) -> None:
                 for option in _choices(str(params[key])):
                     if not (options / f"{option}.yaml").is_file():
                         raise ValueError(f"The search space sweeps {key} over {option!r}, which is "
-                                         f"not an option of {key} (ferlab/conf/{key}/: "
+                                         f"not an option of {key} (conf/{key}/: "
                                          f"{sorted(p.stem for p in options.glob('*.yaml'))}).")
             continue
         if OmegaConf.select(cfg, key.lstrip("~"), default=_ABSENT) is _ABSENT:
@@ -89,6 +89,52 @@ def _choices(value: str) -> list[str]:
     if override.is_sweep_override():
         return [str(v) for v in override.sweep_string_iterator()]
     return [str(override.value())]
+
+
+# the studies of in-process Optuna searches, by name: their jobs report to them (the basic
+# launcher runs jobs in the sweeper's process, so an in-memory study needs no storage)
+_STUDIES: dict[str, Any] = {}
+OPTUNA_SWEEPER = "hydra_plugins.ferlab_optuna_sweeper.OptunaSweeper"
+
+
+def register_study(study: Any) -> None:
+    """Make a running search's study reachable by its in-process jobs (:func:`job_trial`)."""
+    _STUDIES[study.study_name] = study
+
+
+def job_trial() -> Any:
+    """The Optuna trial this sweep job runs, when it is a job of a pruned search (``pruner``
+    set); else None. Reached through the in-process study or, from another process (joblib,
+    SLURM), through the study's storage."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra = HydraConfig.get()
+    sweeper = hydra.sweeper
+    if sweeper.get("_target_") != OPTUNA_SWEEPER or sweeper.get("pruner") is None:
+        return None
+    import optuna
+    from hydra.utils import instantiate
+
+    from hydra_plugins.ferlab_optuna_sweeper import JOB_ATTR
+
+    study = _STUDIES.get(sweeper.study_name)
+    if study is None:
+        if not sweeper.get("storage"):
+            raise ValueError("This job of a pruned Optuna search runs outside its sweeper's "
+                             "process and the study has no storage to reach it by; set "
+                             "storage=sqlite:///runs/optuna.db (or an RDB URL).")
+        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage,
+                                  pruner=instantiate(sweeper.pruner))
+    job = f"{hydra.sweep.dir}#{hydra.job.num}"
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    frozen = next((t for t in running if t.user_attrs.get(JOB_ATTR) == job), None)
+    if frozen is None:
+        log.warning("No running trial of study %s belongs to job %s: it will not be pruned.",
+                    study.study_name, job)
+        return None
+    return optuna.Trial(study, frozen._trial_id)
 
 
 class SweepCallback(Callback):
@@ -112,7 +158,11 @@ class SweepCallback(Callback):
                   "overrides": list(job_return.overrides or []),
                   "objective": config.get("optimized_metric"),
                   "value": value if isinstance(value, (int, float)) else None}
-        if record["status"] == "failed":
+        if record["status"] == "failed" and type(value).__name__ == "TrialPruned":
+            # stopped by the search's pruner: its last reported figure, and when
+            record.update(status="pruned", value=getattr(value, "value", None),
+                          epochs=getattr(value, "epochs", None), error=str(value))
+        elif record["status"] == "failed":
             record["error"] = f"{type(value).__name__}: {value}"
         write_json(output / JOB_RECORD, record)
         # the summary so far: a sweep that is cut off (or still running) has one
@@ -142,6 +192,9 @@ def _job_row(job: Path) -> dict[str, Any]:
         key, _, value = override.partition("=")
         row[f"override:{key.lstrip('+~')}"] = value
     row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    if status == "pruned":  # no metrics.json: the figure it was pruned on, and when
+        row.setdefault(record.get("objective") or "val/acc_best", record.get("value"))
+        row.setdefault("epochs", record.get("epochs"))
     row["overrides"] = " ".join(overrides)
     return row
 
@@ -300,8 +353,8 @@ def _optuna_plots(sweep_dir: Path, sweeper: dict, table: pd.DataFrame, swept: li
 
 
 def _plot_importances(study, path: Path) -> Path:
-    """Optuna's parameter importances (mean decrease in impurity: Optuna 2's fANOVA fails on
-    current numpy), drawn as bars (Optuna 2's own plot fails on current matplotlib)."""
+    """Optuna's parameter importances (mean decrease in impurity, seeded: the same bars for the
+    same trials), drawn as bars on a figure of ferlab's own (no pyplot state)."""
     import optuna
     from matplotlib.figure import Figure
 
@@ -319,7 +372,7 @@ def _plot_importances(study, path: Path) -> Path:
 
 def _study_from_table(table: pd.DataFrame, swept: list[str], metric: str, direction: str):
     import optuna
-    from optuna.distributions import CategoricalDistribution, UniformDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     study = optuna.create_study(direction=direction)
     done = table.dropna(subset=[metric])
@@ -327,12 +380,12 @@ def _study_from_table(table: pd.DataFrame, swept: list[str], metric: str, direct
     for key in swept:
         values = pd.to_numeric(table[f"override:{key}"], errors="coerce")
         if values.notna().all() and values.min() < values.max():
-            distributions[key] = UniformDistribution(float(values.min()), float(values.max()))
+            distributions[key] = FloatDistribution(float(values.min()), float(values.max()))
         else:
             distributions[key] = CategoricalDistribution(
                 sorted(table[f"override:{key}"].astype(str).unique()))
     for _, row in done.iterrows():
-        params = {k: (float(row[f"override:{k}"]) if isinstance(d, UniformDistribution)
+        params = {k: (float(row[f"override:{k}"]) if isinstance(d, FloatDistribution)
                       else str(row[f"override:{k}"])) for k, d in distributions.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   value=float(row[metric])))

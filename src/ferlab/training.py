@@ -26,12 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ferlab import artifacts, rundir
 from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
-from ferlab.callbacks import find_timer
+from ferlab.callbacks import OptunaPruning, find_timer
 from ferlab.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RandomStateInCheckpoint
 from ferlab.config import override_key
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 from ferlab.files import remove_stale_temps, write_json
 from ferlab.precision import slow_bf16_reason
+from ferlab.sweep import job_trial
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     resumed = _read_resumed_checkpoint(resume) if resume is not None else None
 
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module, model=instantiate(cfg.model),
+    module = instantiate(cfg.module, model=_build_network(cfg),
                          teacher=_load_teacher(cfg.module.get("teacher"), cfg.data.num_classes))
     if cfg.get("init_from"):
         _init_weights(module.model, cfg.init_from, cfg.model)
@@ -94,6 +95,9 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks = [c for c in callbacks if progress_bar or not isinstance(c, ProgressBar)]
     callbacks += [ConfigInCheckpoint(cfg), RandomStateInCheckpoint()]
+    trial = job_trial()  # a job of a pruned Optuna search reports to its trial every epoch
+    if trial is not None:
+        callbacks.append(OptunaPruning(trial, cfg.get("optimized_metric", "val/acc_best")))
     timer = find_timer(callbacks)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
@@ -203,6 +207,24 @@ def _check_precision(trainer: L.Trainer, cfg: DictConfig) -> None:
             f"trainer.precision={trainer.precision} on the CPU: {reason}. Use "
             "trainer.precision=32-true (the recipes' accuracy does not depend on it: "
             "experiments/bf16_on_cpu), or allow_slow_bf16=true to run bf16 anyway.")
+
+
+def _build_network(cfg: DictConfig) -> torch.nn.Module:
+    """The configured network; ``model.weights`` (a state dict a user downloaded) starts it
+    from those weights. It is where the run starts, not part of the network: files written from
+    the run describe the network without it."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    weights = model.pop("weights", None)
+    if weights and cfg.get("init_from"):
+        raise ValueError("Set model.weights (a state dict from elsewhere, e.g. ImageNet weights) "
+                         "or init_from (a ferlab run or model file), not both: each gives the "
+                         "run its starting weights.")
+    network = instantiate(model)
+    if weights and not cfg.get("resume"):  # a resumed run's weights come from its checkpoint
+        from ferlab.models.weights import load_weights
+
+        load_weights(network, weights)
+    return network
 
 
 def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:

@@ -45,6 +45,18 @@ def preprocess(faces: torch.Tensor) -> torch.Tensor:
     return (faces.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
+def to_network_input(x: torch.Tensor, scale: float = 1.0, channels: int = 1) -> torch.Tensor:
+    """Preprocessed faces (B, 1, H, W) as a network that wants other input takes them: resized
+    by ``scale`` (a timm network at 96 px sees a 48 px face at scale 2, a 24 px training face of
+    progressive resizing at 48) and the grey channel repeated to ``channels``."""
+    if scale != 1.0:
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                          antialias=scale < 1.0)
+    if x.shape[1] != channels:
+        x = x.expand(-1, channels, -1, -1)
+    return x
+
+
 class BatchAugment(nn.Module):
     """Random flip, shift, rotation, scale and erasing of a whole batch (B, 1, H, W) at once.
 

@@ -30,4 +30,9 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
             if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
                 block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
                 block[i + 1] = nn.Identity()
+    # a network that keeps its norms outside Sequentials (a timm network) folds its own
+    for module in list(network.modules()):
+        fold = getattr(module, "fold_batch_norm", None)
+        if callable(fold):
+            fold()
     return network

@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from torch import nn
 
 from ferlab.models.resnet import ResNet
+from ferlab.models.timm_network import TimmNetwork
 from ferlab.models.vgg import VGG
 
 # bounds on what a file may ask ferlab to allocate: the shipped networks have 1.2M and 3.5M
@@ -129,6 +131,39 @@ class ResNetSpec(Spec):
         return count + channels * self.num_classes + self.num_classes
 
 
+class TimmSpec(Spec):
+    """The fields of :class:`ferlab.models.TimmNetwork`: a name timm knows (checked against
+    ``timm.list_models()``, never imported from the file) and its input."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9_.]+$")] = \
+        "resnet18"
+    num_classes: Classes = 7
+    in_chans: Literal[1, 3] = 1
+    input_size: InputSize = 48
+    dropout: Fraction = 0.0
+    drop_path: Fraction = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, fields: Any) -> Any:
+        import timm
+
+        name = fields.get("name", "resnet18") if isinstance(fields, Mapping) else None
+        if isinstance(name, str) and name not in timm.list_models():
+            raise ValueError(f"name {_short(name)} is not a network of timm "
+                             f"{timm.__version__} (timm.list_models())")
+        return fields
+
+    def parameters(self) -> int:
+        """The parameter count of the network, built on the meta device (no memory)."""
+        import timm
+
+        with torch.device("meta"):
+            network = timm.create_model(self.name, pretrained=False, num_classes=self.num_classes,
+                                        in_chans=self.in_chans)
+        return sum(p.numel() for p in network.parameters())
+
+
 @dataclass(frozen=True)
 class Family:
     """A network class and the schema of the fields a file may give it."""
@@ -147,6 +182,8 @@ FAMILIES: dict[str, Family] = {
     _name(VGG): Family(VGG, VGGSpec),
     "ferlab.models.ResNet": Family(ResNet, ResNetSpec),
     _name(ResNet): Family(ResNet, ResNetSpec),
+    "ferlab.models.TimmNetwork": Family(TimmNetwork, TimmSpec),
+    _name(TimmNetwork): Family(TimmNetwork, TimmSpec),
 }
 
 
