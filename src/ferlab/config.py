@@ -195,6 +195,17 @@ def check_recorded_override(override: object, record: Path) -> None:
     walk(value)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config as ``{"a.b.c": value}`` (lists stay values)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def register_resolvers() -> None:
     """Register ferlab's OmegaConf resolvers (idempotent)."""
     for name, func in (("ferlab.run_dir", run_dir), ("ferlab.config_subdir", config_subdir),

@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchvision.transforms import v2
 
-from ferlab import priors
+from ferlab import priors, trackers
 from ferlab.data.labels import EMOTIONS, FACE_SIZE, class_names
 from ferlab.metrics import (
     classification_metrics,
@@ -285,13 +285,10 @@ class EmotionModule(L.LightningModule):
         self.recall_uniform[f"{stage}_"].reset()
         self.log_dict({f"{stage}/recall_uniform_prior/{name}": r
                        for name, r in zip(self.class_names, uniform)}, sync_dist=True)
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
-                fig = confusion_figure(counts, self.class_names,
-                                       title=f"{stage} epoch {self.current_epoch}")
-                experiment.add_figure(f"{stage}/confusion_matrix", fig, self.global_step,
-                                      close=False)  # not pyplot's: nothing to close
+        if trackers.shows_figures(self.loggers):
+            fig = confusion_figure(counts, self.class_names,
+                                   title=f"{stage} epoch {self.current_epoch}")
+            trackers.log_figure(self.loggers, f"{stage}/confusion_matrix", fig, self.global_step)
 
     # --- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -24,11 +24,11 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Progress
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab import artifacts, rundir
+from ferlab import artifacts, rundir, trackers
 from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
 from ferlab.callbacks import OptunaPruning, find_timer
 from ferlab.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RandomStateInCheckpoint
-from ferlab.config import override_key
+from ferlab.config import flatten, override_key
 from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
 from ferlab.files import remove_stale_temps, write_json
 from ferlab.precision import slow_bf16_reason
@@ -99,8 +99,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if trial is not None:
         callbacks.append(OptunaPruning(trial, cfg.get("optimized_metric", "val/acc_best")))
     timer = find_timer(callbacks)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+    loggers = trackers.build_loggers(cfg, output_dir, resumed=resume is not None)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                           enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()],
                           **_validation_setting(cfg, callbacks))
     _check_precision(trainer, cfg)
@@ -111,10 +111,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     # checked: from here on the run writes (its log, its TensorBoard events); a command refused
     # above added nothing to its run directory
     rundir.start_writing()
-    config_text = OmegaConf.to_yaml(cfg, resolve=True)
-    for experiment in (getattr(lg, "experiment", None) for lg in trainer.loggers):
-        if hasattr(experiment, "add_text"):
-            experiment.add_text("config", f"```yaml\n{config_text}\n```")
+    trackers.start(trainer.loggers, cfg, output_dir, writes=trainer.is_global_zero)
     log.info("Model %s with %d parameters; output in %s", cfg.model._target_,
              module.num_parameters(), output_dir)
     # the training time of the sittings before this one (the Timer's state in the resumed
@@ -161,7 +158,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         "fit_seconds_total": round(fit_seconds_total, 1),
         "params": module.num_parameters(),
     })
-    _log_hparams(trainer, cfg, metrics)
+    if trainer.is_global_zero:
+        trackers.finish(trainer.loggers, cfg, metrics, output_dir)
     if trainer.is_global_zero:  # under DDP every process holds the same (reduced) figures
         write_json(output_dir / "metrics.json", metrics)
     return metrics
@@ -311,8 +309,8 @@ def _check_resumed_network(ckpt_path: Path, checkpoint: dict, module: torch.nn.M
     if not differ:
         return
     saved = checkpoint.get(CONFIG_KEY)
-    before = _flatten(saved) if isinstance(saved, dict) else {}
-    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    before = flatten(saved) if isinstance(saved, dict) else {}
+    now = flatten(OmegaConf.to_container(cfg, resolve=True))
     settings = [k for k in sorted(set(before) | set(now)) if k.split(".")[0] in ("model", "data")
                 and before.get(k) != now.get(k)]
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
@@ -331,7 +329,7 @@ def _warn_config_changes(saved: dict | None, cfg: DictConfig, ckpt_path: Path) -
     """A resumed run should use the original config; say which settings differ."""
     if saved is None:
         return
-    before, now = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    before, now = flatten(saved), flatten(OmegaConf.to_container(cfg, resolve=True))
     # where a run reads or writes, and init_from (a resume must drop it), are not the recipe
     changed = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
                if before.get(k) != now.get(k)
@@ -339,27 +337,6 @@ def _warn_config_changes(saved: dict | None, cfg: DictConfig, ckpt_path: Path) -
     if changed:
         log.warning("Resuming %s with a config that differs from the checkpoint's (schedules such "
                     "as one-cycle cannot be stretched):\n  %s", ckpt_path, "\n  ".join(changed))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
-    """Config and final metrics in TensorBoard's HParams view (tags under hp/ to keep the
-    metric curves clean)."""
-    params = OmegaConf.to_container(cfg, resolve=True)
-    params["params"] = metrics["params"]
-    final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()
-             if isinstance(v, float) and k.split("/")[0] in ("val", "test")}
-    for logger in trainer.loggers:
-        logger.log_hyperparams(params, metrics=final)
 
 
 # what a user's command or files can cause: a message and exit status 2, no traceback

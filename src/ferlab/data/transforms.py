@@ -49,10 +49,9 @@ def to_network_input(x: torch.Tensor, scale: float = 1.0, channels: int = 1) -> 
     """Preprocessed faces (B, 1, H, W) as a network that wants other input takes them: resized
     by ``scale`` (a timm network at 96 px sees a 48 px face at scale 2, a 24 px training face of
     progressive resizing at 48) and the grey channel repeated to ``channels``."""
-    if scale != 1.0:
-        x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
-                          antialias=scale < 1.0)
-    if x.shape[1] != channels:
+    if scale != 1.0:  # plain bilinear both ways: ONNX has no antialiased resize
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    if channels > 1:  # (B, 1, H, W) -> (B, channels, H, W), a view
         x = x.expand(-1, channels, -1, -1)
     return x
 
