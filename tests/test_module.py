@@ -11,8 +11,9 @@ from ferlab import artifacts
 from ferlab.data import EMOTIONS
 from ferlab.data.transforms import tta_views
 from ferlab.inference.recognizer import predict_probabilities
+from ferlab.losses import distillation_loss
 from ferlab.models import VGG
-from ferlab.module import EmotionModule, distillation_loss
+from ferlab.module import EmotionModule
 from ferlab.train import train
 from tests.conftest import short_cfg, trained_module
 
@@ -151,7 +152,7 @@ def test_mix_prob_zero_or_no_alpha_leaves_batches_alone():
         recorder = _Recorder(module)
         x, y = torch.rand(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
         module.training_step((x, y), 0)
-        assert module.mix is None and torch.equal(recorder.inputs[0], x)
+        assert not module.mixing.active and torch.equal(recorder.inputs[0], x)
 
 
 def test_distillation_loss_known_answers():
@@ -244,7 +245,7 @@ def test_distillation_trains_without_keeping_the_teacher(make_cfg, tmp_path, tin
         not any("teacher" in k for k in saved["state_dict"])
     Path(teacher).unlink()  # the trained network restores without its teacher
     module, cfg = trained_module(out / "checkpoints/last.ckpt")
-    assert cfg.module.teacher == str(teacher) and not module._teacher
+    assert cfg.module.teacher == str(teacher) and module.distillation is None
     assert artifacts.load(out).classes == EMOTIONS
 
 

@@ -130,7 +130,7 @@ def test_logit_adjusted_loss_adds_tau_log_prior(make_cfg):
     cfg = make_cfg(["model=baseline", "module.logit_adjust_tau=1.0", "module.label_smoothing=0"])
     module = instantiate(cfg.module, model=instantiate(cfg.model))
     log_prior = torch.log(torch.tensor([0.4, 0.05, 0.1, 0.2, 0.1, 0.1, 0.05]))
-    module.log_train_prior.copy_(log_prior)
+    module.criterion.log_prior.copy_(log_prior)
     module.log = lambda *a, **k: None
     module.log_dict = lambda *a, **k: None
     x, y = torch.randn(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])

@@ -14,7 +14,6 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 
-
 def _config_dir() -> Path:
     """The Hydra configs: ``conf/`` at the top of a checkout (an editable install), which a
     wheel installs as ``ferlab/conf`` (pyproject's package-dir mapping)."""

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
-from torchvision.transforms import v2
 
 from ferlab import priors, trackers
 from ferlab.data.labels import EMOTIONS, FACE_SIZE, class_names
+from ferlab.losses import BatchMixing, ClassificationLoss, Distillation
 from ferlab.metrics import (
     classification_metrics,
     confusion_figure,
@@ -77,45 +77,30 @@ class EmotionModule(L.LightningModule):
         logit_adjust_tau: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= logit_adjust_tau <= 2.0:
-            raise ValueError(f"logit_adjust_tau must be in [0, 2] (1 is Menon et al.'s "
-                             f"logit-adjusted loss, 0 plain cross-entropy); got "
-                             f"{logit_adjust_tau}.")
-        self.logit_adjust_tau = logit_adjust_tau
-        # log class priors (C,): the training faces' (for the logit-adjusted loss) and the one
-        # the outputs carry (for the uniform-prior figures); set from the data at setup
-        self.register_buffer("log_train_prior", torch.zeros(num_classes), persistent=False)
+        # the losses: each a small module (ferlab.losses)
+        self.criterion = ClassificationLoss(num_classes, label_smoothing, logit_adjust_tau)
+        self.mixing = BatchMixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
+        Distillation.check(distill_weight, distill_temperature)
+        self.distillation = (Distillation(teacher, num_classes, distill_weight,
+                                          distill_temperature) if teacher is not None else None)
+        # (C,) the log class prior the outputs carry (for the uniform-prior figures); set from
+        # the data at setup
         self.register_buffer("log_output_prior", torch.zeros(num_classes), persistent=False)
         self.prior_record: dict | None = None
         self.resize_steps = _resize_steps(progressive_resize)
-        if not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
-            raise ValueError(f"distill_weight must be in [0, 1] and distill_temperature > 0; got "
-                             f"{distill_weight}, {distill_temperature}.")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step'; got "
                              f"{scheduler_interval!r}.")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}.")
         self.class_names = class_names(num_classes)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optimizer = optimizer or partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
-        self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         # a batch of one face as the data module gives it (uint8, preprocessed on the device):
         # the model summary shows each layer's FLOPs and sizes from it
         self.example_input_array = torch.zeros(1, FACE_SIZE, FACE_SIZE, dtype=torch.uint8)
-        self.mix, self.mix_prob = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
-        if teacher is not None and getattr(teacher, "num_classes", num_classes) != num_classes:
-            raise ValueError(f"The teacher predicts {teacher.num_classes} classes, this run "
-                             f"{num_classes}; distil from a teacher of the same class view.")
-        # a tuple keeps the teacher out of state_dict, parameters() and the optimiser
-        self._teacher: tuple[nn.Module, ...] = (
-            (teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last),)
-            if teacher is not None else ())
-        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
 
         # ModuleDict keys may not shadow nn.Module attributes such as "train"
         self.metrics = nn.ModuleDict(
@@ -145,24 +130,20 @@ class EmotionModule(L.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         target = y
-        if stage == "train" and self.resize_steps:
+        training = stage == "train"
+        if training and self.resize_steps:
             x = self._resize(x, self.train_size(self.current_epoch))
-        if stage == "train" and self.mix is not None and torch.rand(()) < self.mix_prob:
-            x, target = self.mix(x, y)  # soft labels (B, C)
-            y = target.argmax(dim=1)
+        if training:
+            x, target = self.mixing(x, y)
+            if target.ndim == 2:  # soft targets (B, C): accuracy counts the dominant class
+                y = target.argmax(dim=1)
         logits = self(x)
-        smoothing = self.label_smoothing if stage == "train" else 0.0
-        fitted = logits.float()
-        if stage == "train" and self.logit_adjust_tau:  # Menon et al. 2021: tau * log prior
-            fitted = fitted + self.logit_adjust_tau * self.log_train_prior
-        loss = F.cross_entropy(fitted, target, label_smoothing=smoothing)
-        if stage == "train" and self._teacher:
-            with torch.no_grad():
-                teacher_logits = self._teacher[0](x.contiguous(memory_format=torch.channels_last))
-            soft = distillation_loss(logits, teacher_logits, self.distill_temperature)
+        loss = self.criterion(logits, target, training)
+        if training and self.distillation is not None:
+            soft = self.distillation.soft_loss(logits, x)
             self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(y),
                      sync_dist=True)
-            loss = (1 - self.distill_weight) * loss + self.distill_weight * soft
+            loss = self.distillation.combine(loss, soft)
         metrics = self.metrics[f"{stage}_"]
         metrics.update(logits.detach(), y)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
@@ -213,11 +194,12 @@ class EmotionModule(L.LightningModule):
             return
         counts = datamodule.class_counts("fit")
         train = priors.frequencies(counts, self.class_names)
-        output = priors.output_prior(train, self.logit_adjust_tau,
+        output = priors.output_prior(train, self.criterion.logit_adjust_tau,
                                      getattr(datamodule, "balanced_sampling", False))
         self.prior_record = {"train": train, "output": output, "faces": int(counts.sum()),
                              "splits": list(datamodule.train_splits)}
-        self.log_train_prior.copy_(torch.tensor(list(train.values())).clamp_min(1e-12).log())
+        self.criterion.log_prior.copy_(
+            torch.tensor(list(train.values())).clamp_min(1e-12).log())
         self.log_output_prior.copy_(torch.tensor(list(output.values())).clamp_min(1e-12).log())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -226,8 +208,8 @@ class EmotionModule(L.LightningModule):
 
     # --- epoch ends ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self._teacher:
-            self._teacher[0].to(self.device)
+        if self.distillation is not None:
+            self.distillation.teacher[0].to(self.device)
         self._check_resize_sizes()
 
     def _check_resize_sizes(self) -> None:
@@ -333,27 +315,3 @@ def _resize_steps(steps: Sequence[Sequence[int]] | None) -> list[tuple[int, int]
     if len(set(epochs)) != len(epochs):
         raise ValueError(f"progressive_resize names an epoch twice: {epochs}.")
     return sorted(out)
-
-
-def _batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float,
-                  mix_prob: float) -> tuple[nn.Module | None, float]:
-    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-        if alpha < 0:
-            raise ValueError(f"{name} must be >= 0 (0 turns it off); got {alpha}.")
-    if not 0.0 <= mix_prob <= 1.0:
-        raise ValueError(f"mix_prob must be in [0, 1]; got {mix_prob}.")
-    mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []) + \
-        ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha else [])
-    if not mixes or mix_prob == 0:
-        return None, 0.0
-    return (mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)), mix_prob
-
-
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)),
-    averaged over the batch (the T^2 keeps its gradients on the scale of the hard loss)."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
-                    F.log_softmax(teacher_logits.float() / t, dim=1),
-                    reduction="batchmean", log_target=True) * t * t

@@ -16,7 +16,7 @@ from ferlab.artifacts import CONFIG_KEY
 from ferlab.data import EMOTIONS
 from ferlab.inference.model_file import onnx_model, quantize_int8, save_model
 from ferlab.inference.recognizer import EmotionRecognizer
-from ferlab.models import TimmNetwork, VGG
+from ferlab.models import VGG, TimmNetwork
 from ferlab.models.schema import SchemaError
 from ferlab.models.weights import load_weights
 

@@ -1,0 +1,111 @@
+"""The training losses the LightningModule holds, each a small module: the classification loss
+(hard or soft targets, label smoothing, logit adjustment), batch mixing (mixup / cutmix, which
+turns labels into soft targets) and knowledge distillation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+
+class ClassificationLoss(nn.Module):
+    """Cross-entropy against class indices (B,) or distributions (B, C), with label smoothing
+    and Menon et al.'s logit adjustment (``tau * log prior`` added to the logits) in training;
+    evaluation measures the plain cross-entropy."""
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0,
+                 logit_adjust_tau: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}.")
+        if not 0.0 <= logit_adjust_tau <= 2.0:
+            raise ValueError(f"logit_adjust_tau must be in [0, 2] (1 is Menon et al.'s "
+                             f"logit-adjusted loss, 0 plain cross-entropy); got "
+                             f"{logit_adjust_tau}.")
+        self.label_smoothing, self.logit_adjust_tau = label_smoothing, logit_adjust_tau
+        # (C,) the training faces' log class prior, set from the data at setup
+        self.register_buffer("log_prior", torch.zeros(num_classes), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                training: bool = True) -> torch.Tensor:
+        fitted = logits.float()
+        if not training:
+            return F.cross_entropy(fitted, target)
+        if self.logit_adjust_tau:
+            fitted = fitted + self.logit_adjust_tau * self.log_prior
+        return F.cross_entropy(fitted, target, label_smoothing=self.label_smoothing)
+
+
+class BatchMixing(nn.Module):
+    """Mixes a ``mix_prob`` fraction of training batches with a shuffled copy of themselves
+    (torchvision's batch ``MixUp`` / ``CutMix``, one of the two at random when both are on);
+    a mixed batch's targets are distributions (B, C)."""
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 mix_prob: float = 1.0) -> None:
+        super().__init__()
+        for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if alpha < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off); got {alpha}.")
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must be in [0, 1]; got {mix_prob}.")
+        mixes = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []
+        if cutmix_alpha:
+            mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = (mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)) if mixes else None
+        self.mix_prob = mix_prob
+
+    @property
+    def active(self) -> bool:
+        return self.mix is not None and self.mix_prob > 0
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(faces, targets): mixed with soft targets, or as they came."""
+        if self.active and torch.rand(()) < self.mix_prob:
+            return self.mix(x, y)
+        return x, y
+
+
+class Distillation(nn.Module):
+    """Hinton et al.'s knowledge distillation from a frozen teacher:
+    ``(1 - w) * hard + w * T^2 * KL(teacher_T || student_T)``. The teacher is held in a tuple,
+    outside the module's state, parameters and optimiser (checkpoints never carry it)."""
+
+    def __init__(self, teacher: nn.Module, num_classes: int, weight: float = 0.5,
+                 temperature: float = 4.0) -> None:
+        super().__init__()
+        self.check(weight, temperature)
+        if getattr(teacher, "num_classes", num_classes) != num_classes:
+            raise ValueError(f"The teacher predicts {teacher.num_classes} classes, this run "
+                             f"{num_classes}; distil from a teacher of the same class view.")
+        self.teacher: tuple[nn.Module, ...] = (
+            teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last),)
+        self.weight, self.temperature = weight, temperature
+
+    @staticmethod
+    def check(weight: float, temperature: float) -> None:
+        """Refuse settings no distillation can use (also when no teacher is set yet)."""
+        if not 0.0 <= weight <= 1.0 or temperature <= 0:
+            raise ValueError(f"distill_weight must be in [0, 1] and distill_temperature > 0; got "
+                             f"{weight}, {temperature}.")
+
+    def soft_loss(self, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's soft-target loss on the faces the student saw."""
+        with torch.no_grad():
+            teacher_logits = self.teacher[0](x.contiguous(memory_format=torch.channels_last))
+        return distillation_loss(student_logits, teacher_logits, self.temperature)
+
+    def combine(self, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        return (1 - self.weight) * hard + self.weight * soft
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+    averaged over the batch (the T^2 keeps its gradients on the scale of the hard loss)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
+                    F.log_softmax(teacher_logits.float() / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
