@@ -204,10 +204,8 @@ def network_description(description: Any, file: str | os.PathLike, where: str = 
     """A file's network description, validated (:mod:`ferlab.models.schema`) and normalised:
     what ferlab builds and what it writes into the files it makes from this one."""
     check_plain(description, file, where)
-    if isinstance(description, Mapping) and "weights" in description:
-        # model.weights: the file a training run started from, not part of the network
-        description = {k: v for k, v in description.items() if k != "weights"}
-    described = schema.normalised(description, f"{file}: its network ({where})")
+    described = schema.normalised(_without_start(description),
+                                  f"{file}: its network ({where})")
     if num_classes is not None and described.get("num_classes", num_classes) != num_classes:
         raise ValueError(f"{file}: its network ({where}) predicts {described['num_classes']} "
                          f"classes but the file names {num_classes}; it is damaged or was not "
@@ -218,7 +216,16 @@ def network_description(description: Any, file: str | os.PathLike, where: str = 
 def build_network(description: Mapping[str, Any],
                   file: str | os.PathLike = "the config") -> nn.Module:
     """The network a description names, built by ferlab's own code from validated fields."""
-    return schema.build(check_plain(description, file, "model"), f"{file}: its network")
+    return schema.build(_without_start(check_plain(description, file, "model")),
+                        f"{file}: its network")
+
+
+def _without_start(description: Any) -> Any:
+    """A model config without ``weights`` (the file a training run started from: where the run
+    began, not part of the network)."""
+    if isinstance(description, Mapping) and "weights" in description:
+        return {k: v for k, v in description.items() if k != "weights"}
+    return description
 
 
 def read_network_weights(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:

@@ -92,9 +92,9 @@ def _recorded_ids(output_dir: Path) -> dict[str, str]:
     return record
 
 
-def start(loggers: Iterable[Logger], cfg: DictConfig, output_dir: Path, writes: bool) -> None:
-    """At the start of a run that passed its checks: the config to every tracker, and the
-    trackers' run ids into the run folder (``writes``: this process writes the run's files)."""
+def start(loggers: Iterable[Logger], cfg: DictConfig, output_dir: Path) -> None:
+    """At the start of a run that passed its checks (in the process that writes the run's
+    files): the config to every tracker, and the trackers' run ids into the run folder."""
     loggers = list(loggers)
     text = OmegaConf.to_yaml(cfg, resolve=True)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -121,7 +121,7 @@ def start(loggers: Iterable[Logger], cfg: DictConfig, output_dir: Path, writes: 
             ids["wandb"] = logger.version
         else:
             logger.log_hyperparams(params)
-    if ids and writes:
+    if ids:
         write_json(output_dir / RECORD, ids)
 
 

@@ -111,7 +111,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     # checked: from here on the run writes (its log, its TensorBoard events); a command refused
     # above added nothing to its run directory
     rundir.start_writing()
-    trackers.start(trainer.loggers, cfg, output_dir, writes=trainer.is_global_zero)
+    if trainer.is_global_zero:  # the loggers of the other processes (DDP) are stand-ins
+        trackers.start(trainer.loggers, cfg, output_dir)
     log.info("Model %s with %d parameters; output in %s", cfg.model._target_,
              module.num_parameters(), output_dir)
     # the training time of the sittings before this one (the Timer's state in the resumed
