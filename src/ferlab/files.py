@@ -64,7 +64,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     for temp in Path(directory).glob(".*~*~*.tmp"):
         tag = temp.name.removesuffix(".tmp").rsplit(".", 1)[-1]
         temp_host, pid, _ = (tag.split("~") + ["", ""])[:3]
-        if temp_host != host or not pid.isdigit() or _alive(int(pid)):
+        if temp_host != host or not pid.isdigit() or process_alive(int(pid)):
             continue
         temp.unlink(missing_ok=True)
         removed.append(temp)
@@ -74,7 +74,8 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid runs (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -97,6 +97,11 @@ _STUDIES: dict[str, Any] = {}
 OPTUNA_SWEEPER = "hydra_plugins.ferlab_optuna_sweeper.OptunaSweeper"
 
 
+def pruned(value: Any) -> bool:
+    """Whether a job's outcome is Optuna's TrialPruned (by name: optuna is an extra)."""
+    return type(value).__name__ == "TrialPruned"
+
+
 def register_study(study: Any) -> None:
     """Make a running search's study reachable by its in-process jobs (:func:`job_trial`)."""
     _STUDIES[study.study_name] = study
@@ -158,7 +163,7 @@ class SweepCallback(Callback):
                   "overrides": list(job_return.overrides or []),
                   "objective": config.get("optimized_metric"),
                   "value": value if isinstance(value, (int, float)) else None}
-        if record["status"] == "failed" and type(value).__name__ == "TrialPruned":
+        if record["status"] == "failed" and pruned(value):
             # stopped by the search's pruner: its last reported figure, and when
             record.update(status="pruned", value=getattr(value, "value", None),
                           epochs=getattr(value, "epochs", None), error=str(value))

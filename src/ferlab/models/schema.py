@@ -11,6 +11,7 @@ code: :func:`register_network`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Mapping
@@ -146,22 +147,35 @@ class TimmSpec(Spec):
     @model_validator(mode="before")
     @classmethod
     def _known(cls, fields: Any) -> Any:
-        import timm
-
         name = fields.get("name", "resnet18") if isinstance(fields, Mapping) else None
-        if isinstance(name, str) and name not in timm.list_models():
+        if isinstance(name, str) and name not in _timm_names():
+            import timm
+
             raise ValueError(f"name {_short(name)} is not a network of timm "
                              f"{timm.__version__} (timm.list_models())")
         return fields
 
     def parameters(self) -> int:
-        """The parameter count of the network, built on the meta device (no memory)."""
-        import timm
+        return _timm_parameters(self.name, self.num_classes, self.in_chans)
 
-        with torch.device("meta"):
-            network = timm.create_model(self.name, pretrained=False, num_classes=self.num_classes,
-                                        in_chans=self.in_chans)
-        return sum(p.numel() for p in network.parameters())
+
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_models())
+
+
+@functools.cache
+def _timm_parameters(name: str, num_classes: int, in_chans: int) -> int:
+    """A timm network's parameter count, built once on the meta device (no memory): a file is
+    validated more than once on its way to a network."""
+    import timm
+
+    with torch.device("meta"):
+        network = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                    in_chans=in_chans)
+    return sum(p.numel() for p in network.parameters())
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,8 @@ class OptunaSweeper(Sweeper):
         sweeper left running (it was killed) are marked failed first."""
         from optuna.trial import TrialState
 
+        from ferlab.files import process_alive
+
         if not self.storage:
             return self.n_trials
         # trials that failed on their own count; those a kill cut off are run again
@@ -127,7 +129,10 @@ class OptunaSweeper(Sweeper):
         host = socket.gethostname()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             attrs = trial.user_attrs
-            if attrs.get(HOST_ATTR) == host and not _alive(attrs.get(PID_ATTR)):
+            pid = attrs.get(PID_ATTR)
+            # this process is a new sweeper: a trial under its own pid is an earlier one's
+            if attrs.get(HOST_ATTR) == host and not (
+                    isinstance(pid, int) and pid != os.getpid() and process_alive(pid)):
                 study.tell(trial.number, state=TrialState.FAIL)
                 log.info("Trial %d was cut off by a kill of its sweeper: marked failed, and run "
                          "again.", trial.number)
@@ -143,12 +148,14 @@ class OptunaSweeper(Sweeper):
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
+        from ferlab.sweep import pruned
+
         value = getattr(ret, "_return_value", None)
         if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) \
                 and value == value:  # not NaN
             study.tell(trial, float(value))
             return True
-        if type(value).__name__ == "TrialPruned":
+        if pruned(value):
             study.tell(trial, state=TrialState.PRUNED)
             log.info("Trial %d pruned (%s).", trial.number, value)
             return True
@@ -208,15 +215,3 @@ def distribution(override: Override) -> Any:
             return IntDistribution(value.start, value.end, log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
     raise ValueError(f"{override.input_line}: Optuna takes interval, choice or range sweeps.")
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return pid != os.getpid()  # this process is a new sweeper: its own earlier trials are over
