@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ferlab import priors
-from ferlab.data.labels import FACE_SIZE, class_names
+from ferlab.data.labels import FACE_SIZE, SUPPORTED_NUM_CLASSES, class_names
 from ferlab.data.transforms import PIXEL_MEAN, PIXEL_STD, TTA_MODES
 from ferlab.models import schema
 
@@ -323,9 +323,10 @@ def checked_checkpoint(payload: dict, file: Path) -> dict[str, Any]:
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     num_classes = data.get("num_classes")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not (
-            2 <= num_classes <= len(class_names(7))):
+            num_classes in SUPPORTED_NUM_CLASSES):
         raise ValueError(f"{file}: its config gives no usable data.num_classes ({num_classes!r}; "
-                         f"ferlab's class views have 6 or 7); it was not written by ferlab.train.")
+                         f"ferlab's class views have {sorted(SUPPORTED_NUM_CLASSES)} classes); "
+                         "it was not written by ferlab.train.")
     classes = class_names(num_classes)
     state = _weights(payload.get("state_dict"), file, "state_dict")
     return {"config": config, "classes": classes,
@@ -354,7 +355,7 @@ def _checked_model_file(payload: dict, file: Path) -> dict[str, Any]:
 def _checked_classes(classes: Any, file: Path, where: str) -> tuple[str, ...]:
     """A file's class list: ferlab's names for a six- or seven-class view, in order."""
     if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes) \
-            or not 2 <= len(classes) <= len(class_names(7)):
+            or len(classes) not in SUPPORTED_NUM_CLASSES:
         raise ValueError(f"{file}: its {where} must be a list of class names; got "
                          f"{classes!r:.80}. Export the model again.")
     if tuple(classes) != class_names(len(classes)):

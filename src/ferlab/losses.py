@@ -13,7 +13,10 @@ from torchvision.transforms import v2
 class ClassificationLoss(nn.Module):
     """Cross-entropy against class indices (B,) or distributions (B, C), with label smoothing
     and Menon et al.'s logit adjustment (``tau * log prior`` added to the logits) in training;
-    evaluation measures the plain cross-entropy."""
+    evaluation measures the plain cross-entropy. With ``label_set`` on, a training target (B, C)
+    marks the accepted classes (> 0) and the loss is Barsoum et al.'s multi-label one:
+    ``-log max_k p_k`` over the accepted classes k (the network is right when it names any),
+    smoothed as cross-entropy is: ``(1 - e) * that + e * mean_j(-log p_j)``."""
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0,
                  logit_adjust_tau: float = 0.0) -> None:
@@ -25,6 +28,7 @@ class ClassificationLoss(nn.Module):
                              f"logit-adjusted loss, 0 plain cross-entropy); got "
                              f"{logit_adjust_tau}.")
         self.label_smoothing, self.logit_adjust_tau = label_smoothing, logit_adjust_tau
+        self.label_set = False  # set from the data at setup (FER+'s multi-label learning)
         # (C,) the training faces' log class prior, set from the data at setup
         self.register_buffer("log_prior", torch.zeros(num_classes), persistent=False)
 
@@ -35,6 +39,11 @@ class ClassificationLoss(nn.Module):
             return F.cross_entropy(fitted, target)
         if self.logit_adjust_tau:
             fitted = fitted + self.logit_adjust_tau * self.log_prior
+        if self.label_set and target.ndim == 2:
+            log_p = F.log_softmax(fitted, dim=1)
+            best = log_p.masked_fill(target <= 0, float("-inf")).amax(dim=1)
+            e = self.label_smoothing
+            return -((1 - e) * best + e * log_p.mean(dim=1)).mean()
         return F.cross_entropy(fitted, target, label_smoothing=self.label_smoothing)
 
 

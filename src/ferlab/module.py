@@ -135,8 +135,8 @@ class EmotionModule(L.LightningModule):
             x = self._resize(x, self.train_size(self.current_epoch))
         if training:
             x, target = self.mixing(x, y)
-            if target.ndim == 2:  # soft targets (B, C): accuracy counts the dominant class
-                y = target.argmax(dim=1)
+        if target.ndim == 2:  # soft targets (B, C): accuracy counts the dominant class
+            y = target.argmax(dim=1)
         logits = self(x)
         loss = self.criterion(logits, target, training)
         if training and self.distillation is not None:
@@ -193,6 +193,12 @@ class EmotionModule(L.LightningModule):
         if datamodule is None or not hasattr(datamodule, "class_counts"):
             return
         counts = datamodule.class_counts("fit")
+        self.criterion.label_set = getattr(datamodule, "label_set", False)
+        if self.criterion.label_set and self.mixing.active:
+            raise ValueError("data.labels=multilabel trains on sets of accepted labels, which "
+                             "mixup / cutmix would blur into distributions; set "
+                             "module.mixup_alpha=0 module.cutmix_alpha=0, or use "
+                             "data.labels=crossentropy (distributions mix).")
         train = priors.frequencies(counts, self.class_names)
         output = priors.output_prior(train, self.criterion.logit_adjust_tau,
                                      getattr(datamodule, "balanced_sampling", False))

@@ -29,7 +29,7 @@ from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
 from ferlab.callbacks import OptunaPruning, find_timer
 from ferlab.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RandomStateInCheckpoint
 from ferlab.config import flatten, override_key
-from ferlab.data.sources import DataFormatError, DataNotFoundError, locate
+from ferlab.data.sources import DataFormatError, DataNotFoundError
 from ferlab.files import remove_stale_temps, write_json
 from ferlab.precision import slow_bf16_reason
 from ferlab.sweep import job_trial
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured model; return the final metrics. The run
     directory is locked for the run's life: a second run there is refused."""
-    locate(cfg.data.root)  # fail fast, with where-to-get-it, before building anything
+    datamodule = instantiate(cfg.data)
+    datamodule.check_source()  # fail fast, with where-to-get-it, before building anything
     if cfg.get("resume") and cfg.get("init_from"):
         raise ValueError("Set resume (continue a run: weights, optimiser, schedule, epoch) or "
                          "init_from (a new run starting from trained weights), not both.")
@@ -50,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             rundir.refuse_to_overwrite(output_dir)
         remove_stale_temps(output_dir / "checkpoints")  # a writer killed mid-checkpoint
         with _quiet_library_noise():
-            return _train(cfg, output_dir)
+            return _train(cfg, output_dir, datamodule)
 
 
 class _DropTips(logging.Filter):
@@ -79,14 +80,14 @@ def _quiet_library_noise() -> Iterator[None]:
             logger.removeFilter(tips)
 
 
-def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+def _train(cfg: DictConfig, output_dir: Path, datamodule: L.LightningDataModule
+           ) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     resume = find_checkpoint(cfg.resume) if cfg.get("resume") else None
     resumed = _read_resumed_checkpoint(resume) if resume is not None else None
 
-    datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, model=_build_network(cfg),
                          teacher=_load_teacher(cfg.module.get("teacher"), cfg.data.num_classes))
     if cfg.get("init_from"):

@@ -54,8 +54,16 @@ def test_custom_class_map(ckplus):
     (ckplus / "contempt").rename(ckplus / "enojo")
     data = read_labelled_folder(ckplus, class_names(7), _load, class_map={"enojo": "angry"})
     assert (data.labels == 0).sum() == 6 and not data.excluded_classes
-    with pytest.raises(ValueError, match="not FER2013 classes"):
-        read_labelled_folder(ckplus, class_names(7), _load, class_map={"x": "contempt"})
+    with pytest.raises(ValueError, match="not ferlab classes"):
+        read_labelled_folder(ckplus, class_names(7), _load, class_map={"x": "contempt!"})
+
+
+def test_contempt_counts_in_the_eight_class_view(ckplus):
+    seven = read_labelled_folder(ckplus, class_names(7), _load)
+    eight = read_labelled_folder(ckplus, class_names(8), _load)
+    assert "contempt" in seven.excluded_classes and not eight.excluded_classes
+    assert (eight.labels == class_names(8).index("contempt")).sum() == seven.excluded_classes[
+        "contempt"]
 
 
 def test_missing_or_empty_root(tmp_path):

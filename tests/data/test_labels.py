@@ -22,7 +22,14 @@ def test_seven_class_remap_is_identity():
     np.testing.assert_array_equal(remap_labels(np.arange(7), 7), np.arange(7))
 
 
-@pytest.mark.parametrize("n", [0, 5, 8])
+def test_eight_classes_add_contempt_after_fer2013s_seven():
+    assert class_names(8) == (*EMOTIONS, "contempt")
+    np.testing.assert_array_equal(remap_labels(np.arange(8), 8), np.arange(8))
+    # contempt has no place in the seven- or six-class view
+    assert remap_labels(np.array([7]), 7)[0] == -1 and remap_labels(np.array([7]), 6)[0] == -1
+
+
+@pytest.mark.parametrize("n", [0, 5, 9])
 def test_unsupported_class_count(n):
-    with pytest.raises(ValueError, match="fer2013_6class"):
+    with pytest.raises(ValueError, match="fer2013_6class.*ferplus"):
         class_names(n)

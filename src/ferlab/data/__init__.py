@@ -1,4 +1,5 @@
-"""Everything that turns FER2013 files into uint8 faces and labels, and batches for training."""
+"""Everything that turns data sets (FER2013, FER+) into uint8 faces and labels, and batches for
+training."""
 
 from ferlab.data.cache import load_faces
 from ferlab.data.labels import EMOTIONS, FACE_SIZE, SPLITS, class_names, remap_labels
@@ -7,7 +8,7 @@ from ferlab.data.transforms import BatchAugment, preprocess, to_face
 
 __all__ = [
     "EMOTIONS", "FACE_SIZE", "SPLITS", "BatchAugment", "DataFormatError", "DataNotFoundError",
-    "FER2013DataModule", "FaceTable", "class_names", "load_faces", "locate", "preprocess",
+    "FER2013DataModule", "FERPlusDataModule", "FaceTable", "class_names", "load_faces", "locate", "preprocess",
     "remap_labels", "to_face",
 ]
 
@@ -15,8 +16,8 @@ __all__ = [
 def __getattr__(name: str):
     # the LightningDataModule is imported on first use, so that inference (which needs faces and
     # labels, never batches for a Trainer) does not import Lightning
-    if name == "FER2013DataModule":
-        from ferlab.data.datamodule import FER2013DataModule
+    if name in ("FER2013DataModule", "FERPlusDataModule"):
+        from ferlab.data import datamodule
 
-        return FER2013DataModule
+        return getattr(datamodule, name)
     raise AttributeError(f"module 'ferlab.data' has no attribute {name!r}")

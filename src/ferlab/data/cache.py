@@ -1,11 +1,13 @@
-"""Decode FER2013 once into a uint8 array cache outside the (possibly read-only) data root."""
+"""Decode a data set once into a uint8 array cache outside the (possibly read-only) data root."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from dataclasses import fields
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -15,6 +17,18 @@ from ferlab.files import atomic_write, remove_stale_temps
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the decoded content or the cache layout changes
+T = TypeVar("T")
+
+
+class Source(Protocol):
+    """A data set on disk: its layout, its folder, a content key and a reader."""
+
+    kind: str
+    path: Path
+
+    def fingerprint(self) -> str: ...
+
+    def read(self) -> Any: ...
 
 
 def default_cache_dir() -> Path:
@@ -26,24 +40,31 @@ def default_cache_dir() -> Path:
 
 
 def load_faces(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> FaceTable:
-    """All faces under ``root``, from the cache when the source is unchanged, else decoded."""
-    source = locate(root)
+    """All FER2013 faces under ``root``, from the cache when the source is unchanged, else
+    decoded."""
+    return load_cached(locate(root), FaceTable, "fer2013", "FER2013", cache_dir)
+
+
+def load_cached(source: Source, table_type: type[T], name: str, title: str,
+                cache_dir: str | os.PathLike | None = None) -> T:
+    """The table ``source.read()`` gives (a dataclass of arrays), from the cache when the source
+    is unchanged, else read and cached. ``name`` prefixes the cache files, ``title`` the log."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     # one cache per source path; its content key changes when a file's size or mtime does
-    prefix = f"fer2013-{source.kind}-{_path_key(source.path)}-"
+    prefix = f"{name}-{source.kind}-{_path_key(source.path)}-"
     cache_file = cache_dir / f"{prefix}v{CACHE_VERSION}-{source.fingerprint()[:20]}.npz"
     if cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as arrays:
-                return FaceTable(**{name: arrays[name] for name in arrays.files})
+                return table_type(**{field: arrays[field] for field in arrays.files})
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("Ignoring unreadable cache %s (%s); decoding again.", cache_file, err)
 
-    log.info("Decoding FER2013 from %s (%s); cached afterwards in %s", source.path, source.kind,
-             cache_dir)
+    log.info("Decoding %s from %s (%s); cached afterwards in %s", title, source.path,
+             source.kind, cache_dir)
     table = source.read()
-    if _write_atomically(cache_file, table):
-        _remove_stale(cache_file, prefix)
+    if _write_atomically(cache_file, table, title):
+        _remove_stale(cache_file, prefix, title)
     return table
 
 
@@ -51,30 +72,29 @@ def _path_key(path: Path) -> str:
     return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
 
 
-def _remove_stale(cache_file: Path, prefix: str) -> None:
+def _remove_stale(cache_file: Path, prefix: str, title: str) -> None:
     """Delete the caches of earlier states of the same source (each a copy of the dataset,
     88 MB for FER2013), so that touching or copying the data does not fill the disk."""
     for stale in cache_file.parent.glob(f"{prefix}*.npz"):
         if stale != cache_file:
             try:
                 stale.unlink()
-                log.info("Removed the stale FER2013 cache %s", stale)
+                log.info("Removed the stale %s cache %s", title, stale)
             except OSError as err:
-                log.warning("Could not remove the stale FER2013 cache %s (%s)", stale, err)
+                log.warning("Could not remove the stale %s cache %s (%s)", title, stale, err)
 
 
-def _write_atomically(cache_file: Path, table: FaceTable) -> bool:
+def _write_atomically(cache_file: Path, table: Any, title: str) -> bool:
     """Write to a temporary file and rename, so a killed run never leaves a half-written cache;
     whether the cache was written."""
     try:
         if cache_file.parent.is_dir():  # a decode killed halfway left its temporary file
             remove_stale_temps(cache_file.parent)
         with atomic_write(cache_file, "wb") as handle:
-            np.savez(handle, faces=table.faces, labels=table.labels, splits=table.splits,
-                     sources=table.sources)
+            np.savez(handle, **{f.name: getattr(table, f.name) for f in fields(table)})
     except OSError as err:
         # The data is decoded and usable; only the next run pays the decoding again.
-        log.warning("Could not write the FER2013 cache %s (%s); set FERLAB_CACHE or "
-                    "data.cache_dir to a writable folder.", cache_file, err)
+        log.warning("Could not write the %s cache %s (%s); set FERLAB_CACHE or "
+                    "data.cache_dir to a writable folder.", title, cache_file, err)
         return False
     return True

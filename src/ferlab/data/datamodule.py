@@ -1,4 +1,4 @@
-"""The FER2013 LightningDataModule: in-memory uint8 faces, batched tensor preprocessing."""
+"""The LightningDataModules (FER2013, FER+): in-memory uint8 faces, batched tensor preprocessing."""
 
 from __future__ import annotations
 
@@ -20,19 +20,28 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from ferlab.data.cache import load_faces
+from ferlab.data.cache import load_cached, load_faces
+from ferlab.data.ferplus import (
+    VOTE_FILES,
+    VOTE_NAMES,
+    VoteTable,
+    locate_ferplus,
+    majority_labels,
+    vote_targets,
+)
 from ferlab.data.labels import SPLITS, class_names, remap_labels
-from ferlab.data.sources import FaceTable
+from ferlab.data.sources import FaceTable, locate
 from ferlab.data.transforms import BatchAugment, preprocess
 
 log = logging.getLogger(__name__)
 
 
 class FaceBatches(Dataset):
-    """Faces held as one uint8 tensor, indexed a whole batch at a time (no per-sample collate)."""
+    """Faces held as one uint8 tensor, indexed a whole batch at a time (no per-sample collate).
+    Labels are class indices (N,) int64 or per-face distributions (N, C) float32 (FER+'s votes)."""
 
     def __init__(self, faces: torch.Tensor, labels: torch.Tensor) -> None:
-        self.faces, self.labels = faces, labels  # (N, 1, H, W) uint8, (N,) int64
+        self.faces, self.labels = faces, labels  # (N, 1, H, W) uint8, (N,) or (N, C)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,15 +105,30 @@ class FER2013DataModule(L.LightningDataModule):
         self.balanced_sampling = balanced_sampling
         self.datasets: dict[str, FaceBatches] = {}
 
+    title = "FER2013"  # how the log names the data
+
+    def check_source(self) -> None:
+        """Fail fast, saying where to get the data, when the data root holds nothing readable."""
+        locate(self.root)
+
     def prepare_data(self) -> None:
-        load_faces(self.root, self.cache_dir)  # decodes once and writes the cache
+        self._load()  # decodes once and writes the cache
+
+    def _load(self) -> FaceTable:
+        return load_faces(self.root, self.cache_dir)
+
+    def _split_dataset(self, table: FaceTable, split: str, training: bool) -> FaceBatches:
+        """One split's faces and targets: for training (the fit set) or for evaluation."""
+        part = table.select(split)
+        faces = torch.from_numpy(np.ascontiguousarray(part.faces)).unsqueeze(1)
+        return FaceBatches(faces, torch.from_numpy(remap_labels(part.labels, self.num_classes)))
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        table = load_faces(self.root, self.cache_dir)
+        table = self._load()
         for split in SPLITS:
-            self.datasets[split] = self._to_dataset(table.select(split))
+            self.datasets[split] = self._split_dataset(table, split, training=False)
         for split in ("val", "test"):
             # in one fixed shuffled order (seed 0, the same for every run): trainer.limit_val_
             # batches=N then validates on a sample of every class, not on the first classes of
@@ -112,20 +136,18 @@ class FER2013DataModule(L.LightningDataModule):
             data = self.datasets[split]
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
             self.datasets[split] = FaceBatches(data.faces[order], data.labels[order])
-        train = [self.datasets[s] for s in self.train_splits]
+        train = [self._split_dataset(table, s, training=True) for s in self.train_splits]
         self.datasets["fit"] = FaceBatches(torch.cat([d.faces for d in train]),
                                            torch.cat([d.labels for d in train]))
-        log.info("FER2013 from %s: %s", self.root,
-                 ", ".join(f"{s}={len(self.datasets[s])}" for s in SPLITS))
-
-    def _to_dataset(self, table: FaceTable) -> FaceBatches:
-        faces = torch.from_numpy(np.ascontiguousarray(table.faces)).unsqueeze(1)
-        labels = torch.from_numpy(remap_labels(table.labels, self.num_classes))
-        return FaceBatches(faces, labels)
+        log.info("%s from %s: %s", self.title, self.root,
+                 ", ".join(f"{s}={len(self.datasets[s])}" for s in ("fit", *SPLITS)))
 
     def class_counts(self, split: str) -> np.ndarray:
-        """Number of faces per class (in output order) in a split."""
+        """Faces per class (in output order) in a split; with distributions as targets, each
+        face's share of each class."""
         labels = self.datasets[split].labels.numpy()
+        if labels.ndim == 2:
+            return labels.sum(axis=0, dtype=np.float64)
         return np.bincount(labels, minlength=self.num_classes)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -141,8 +163,9 @@ class FER2013DataModule(L.LightningDataModule):
             # their own from the seed, so that all draw the same order whatever else they draw
             stream = torch.Generator().manual_seed(torch.initial_seed()) if world > 1 else None
             if self.balanced_sampling:
-                weights = 1.0 / torch.bincount(data.labels, minlength=self.num_classes).double()
-                draws = WeightedRandomSampler(weights[data.labels], len(data), replacement=True,
+                major = data.labels.argmax(dim=1) if data.labels.ndim == 2 else data.labels
+                weights = 1.0 / torch.bincount(major, minlength=self.num_classes).double()
+                draws = WeightedRandomSampler(weights[major], len(data), replacement=True,
                                               generator=stream)
             else:
                 draws = RandomSampler(data, generator=stream)
@@ -173,6 +196,69 @@ class FER2013DataModule(L.LightningDataModule):
             return preprocess(batch)
         faces, labels = batch
         x = preprocess(faces)
-        if self.augment is not None and self.trainer is not None and self.trainer.training:
-            x = self.augment(x)
+        if self.trainer is not None and self.trainer.training:
+            if self.augment is not None:
+                x = self.augment(x)
+            labels = self.training_targets(labels)
         return x, labels
+
+    def training_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """A training batch's targets as the loss takes them (FER+'s label drawing: one class
+        per face from its distribution)."""
+        return labels
+
+
+class FERPlusDataModule(FER2013DataModule):
+    """FER+'s faces and votes (Barsoum et al. 2016) in eight classes (with contempt) or FER2013's
+    seven. ``labels`` chooses how the training faces' votes become targets: ``majority`` (a class
+    index), ``crossentropy`` (the distribution of the winning emotions), ``probability`` (a class
+    drawn from that distribution for every batch) or ``multilabel`` (the emotions with at least
+    30% of the votes; the loss takes the one the network rates highest). Validation and test
+    faces always carry their majority label, which accuracy counts against."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data/ferplus",
+        num_classes: int = 8,
+        labels: str = "majority",
+        votes: str = "label.csv",
+        **kwargs,
+    ) -> None:
+        super().__init__(root=root, num_classes=num_classes, **kwargs)
+        vote_targets(np.zeros((0, len(VOTE_NAMES))), labels, num_classes)  # validates both
+        if votes not in VOTE_FILES:
+            raise ValueError(f"data.votes={votes!r} is not one of {list(VOTE_FILES)}.")
+        self.labels, self.votes = labels, votes
+        self.title = f"FER+ ({labels} targets, votes from {votes})"
+
+    @property
+    def label_set(self) -> bool:
+        """Whether training targets are sets of accepted labels (multi-label learning)."""
+        return self.labels == "multilabel"
+
+    def check_source(self) -> None:
+        locate_ferplus(self.root, self.votes)
+
+    def _load(self) -> VoteTable:
+        source = locate_ferplus(self.root, self.votes)
+        return load_cached(source, VoteTable, f"ferplus-{Path(source.votes).stem}", "FER+",
+                           self.cache_dir)
+
+    def _split_dataset(self, table: VoteTable, split: str, training: bool) -> FaceBatches:
+        part = table.select(split)
+        if training and self.labels != "majority":
+            targets, keep = vote_targets(part.votes, self.labels, self.num_classes)
+            labels = torch.from_numpy(targets)
+        else:
+            indices, keep = majority_labels(part.votes, self.num_classes)
+            labels = torch.from_numpy(indices)
+        faces = torch.from_numpy(np.ascontiguousarray(part.faces[keep])).unsqueeze(1)
+        if len(part) and not training:
+            log.info("FER+ %s: %d of %d faces have a majority label (the rest, ties and "
+                     "unknown / not-a-face, are left out)", split, int(keep.sum()), len(part))
+        return FaceBatches(faces, labels)
+
+    def training_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.labels == "probability":  # a new draw every time a face is seen
+            return torch.multinomial(labels, 1).squeeze(1)
+        return labels

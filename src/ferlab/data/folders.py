@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.labels import EMOTIONS, MERGED_INTO
+from ferlab.data.labels import EMOTIONS, MERGED_INTO, VOCABULARY
 
 log = logging.getLogger(__name__)
 
-# Folder names that other FER datasets use, mapped to FER2013's emotions.
+# Folder names that other FER datasets use, mapped to ferlab's vocabulary.
 CLASS_ALIASES: dict[str, str] = {
     "anger": "angry", "angry": "angry", "an": "angry",
     "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
@@ -24,6 +24,7 @@ CLASS_ALIASES: dict[str, str] = {
     "sad": "sad", "sadness": "sad", "sa": "sad",
     "surprise": "surprise", "surprised": "surprise", "su": "surprise",
     "neutral": "neutral", "calm": "neutral", "ne": "neutral",
+    "contempt": "contempt", "contemptuous": "contempt", "co": "contempt",
 }
 
 
@@ -54,10 +55,10 @@ def read_labelled_folder(
         raise FileNotFoundError(f"No labelled folder dataset at {root} (expected "
                                 "<root>/<class>/<image>).")
     aliases = {**CLASS_ALIASES, **{k.lower(): v for k, v in (class_map or {}).items()}}
-    unknown_targets = {v for v in aliases.values() if v not in EMOTIONS}
+    unknown_targets = {v for v in aliases.values() if v not in VOCABULARY}
     if unknown_targets:
-        raise ValueError(f"class_map maps to {sorted(unknown_targets)}, which are not FER2013 "
-                         f"classes {EMOTIONS}.")
+        raise ValueError(f"class_map maps to {sorted(unknown_targets)}, which are not ferlab "
+                         f"classes {VOCABULARY}.")
     merged = MERGED_INTO if len(classes) < len(EMOTIONS) else {}
     out = LabelledFaces(np.zeros((0, 48, 48), np.uint8), np.zeros(0, np.int64), [])
     faces, labels = [], []
@@ -67,7 +68,7 @@ def read_labelled_folder(
     for folder in folders:
         emotion = aliases.get(folder.name.lower())
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if emotion is None:
+        if emotion is None or merged.get(emotion, emotion) not in classes:
             out.excluded_classes[folder.name] = len(files)
             continue
         label = classes.index(merged.get(emotion, emotion))

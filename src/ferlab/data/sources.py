@@ -234,7 +234,7 @@ def _iter_image_files(root: Path) -> Iterator[Path]:
                         ", ".join(absent), "/".join(absent))
 
 
-def _decode(file: Path) -> np.ndarray:
+def decode_face(file: Path) -> np.ndarray:
     data = np.fromfile(file, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if image is None:
@@ -255,7 +255,7 @@ def read_image_folder(root: str | os.PathLike) -> FaceTable:
         raise DataFormatError(f"{root}: train/ and test/ hold no images. {WHERE_TO_GET}")
     # cv2 releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        faces = np.stack(list(track(pool.map(_decode, files), len(files), "Decoding FER2013")))
+        faces = np.stack(list(track(pool.map(decode_face, files), len(files), "Decoding FER2013")))
     usage_split = {u: SPLITS.index(s) for u, s in USAGE_TO_SPLIT.items()}
     return FaceTable(
         faces=faces,
