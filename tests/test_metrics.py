@@ -110,8 +110,19 @@ def test_fold_probabilities_merges_disgust_into_angry():
     from ferlab.metrics import fold_probabilities
 
     probs = torch.tensor([[0.1, 0.3, 0.1, 0.2, 0.1, 0.1, 0.1]])
-    folded = fold_probabilities(probs, label_map(6), 6)
+    folded = fold_probabilities(probs, label_map(6)[:7], 6)
     assert torch.allclose(folded, torch.tensor([[0.4, 0.1, 0.2, 0.1, 0.1, 0.1]]))
+
+
+def test_fold_probabilities_drops_contempt_and_renormalises():
+    from ferlab.data.labels import label_map
+    from ferlab.metrics import fold_probabilities
+
+    probs = torch.tensor([[0.1, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1, 0.2]])  # eight classes
+    seven = fold_probabilities(probs, label_map(7), 7)
+    assert torch.allclose(seven, probs[:, :7] / 0.8)
+    six = fold_probabilities(probs, label_map(6), 6)
+    assert torch.allclose(six, torch.tensor([[0.2, 0.1, 0.2, 0.1, 0.1, 0.1]]) / 0.8)
 
 
 def test_report_figures_render():

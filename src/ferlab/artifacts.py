@@ -322,8 +322,8 @@ def checked_checkpoint(payload: dict, file: Path) -> dict[str, Any]:
                          "not written by ferlab.train.")
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     num_classes = data.get("num_classes")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not (
-            num_classes in SUPPORTED_NUM_CLASSES):
+    is_int = isinstance(num_classes, int) and not isinstance(num_classes, bool)
+    if not is_int or num_classes not in SUPPORTED_NUM_CLASSES:
         raise ValueError(f"{file}: its config gives no usable data.num_classes ({num_classes!r}; "
                          f"ferlab's class views have {sorted(SUPPORTED_NUM_CLASSES)} classes); "
                          "it was not written by ferlab.train.")

@@ -27,8 +27,9 @@ from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.config import CONFIG_DIR
 from ferlab.data import SPLITS, load_faces, remap_labels, to_face
 from ferlab.data.duplicates import duplicated_in
+from ferlab.data.ferplus import load_votes, majority_labels
 from ferlab.data.folders import read_labelled_folder
-from ferlab.data.labels import EMOTIONS, class_names, label_map
+from ferlab.data.labels import class_names, label_map
 from ferlab.data.sources import DataFormatError
 from ferlab.files import write_json
 from ferlab.inference.detect import make_detector
@@ -88,11 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             moved = _predict(recognizer, faces, f"{name}: classifying with prior {other}")
             recognizer.prior = main_prior
             metrics[f"{other}_prior"] = _prior_view(moved, labels, classes)
-        if len(classes) == len(EMOTIONS):
-            six = class_names(len(EMOTIONS) - 1)
-            metrics["six_class"] = evaluation_metrics(
-                fold_probabilities(probs, label_map(len(six)), len(six)),
-                torch.as_tensor(remap_labels(labels.numpy(), len(six))), six)
+        metrics.update(_coarser_views(probs, labels, classes))
         if "train_faces" in data:
             copies = duplicated_in(faces, data.pop("train_faces"))
             keep = torch.from_numpy(~copies)
@@ -115,6 +112,28 @@ def _predict(recognizer: EmotionRecognizer, faces, description: str) -> torch.Te
     return torch.from_numpy(np.concatenate([
         recognizer.predict_faces(faces[i:i + chunk])
         for i in track(starts, len(starts), description)]))
+
+
+COARSER_VIEWS = {7: "seven_class", 6: "six_class"}
+DATASETS = ("fer2013", "ferplus")
+
+
+def _coarser_views(probs: torch.Tensor, labels: torch.Tensor,
+                   classes: tuple[str, ...]) -> dict[str, Any]:
+    """The figures in each class view coarser than the model's: an eight-class model's seven
+    FER2013 classes (contempt's probability dropped, faces labelled contempt left out) and six
+    (disgust folded into angry)."""
+    views = {}
+    for size, key in COARSER_VIEWS.items():
+        if size >= len(classes):
+            continue
+        names = class_names(size)
+        mapping = label_map(size)[:len(classes)]  # the model's class ids are vocabulary ids
+        view_labels = torch.as_tensor(mapping[labels.numpy()])
+        kept = view_labels >= 0
+        views[key] = evaluation_metrics(fold_probabilities(probs[kept], mapping, size),
+                                        view_labels[kept], names)
+    return views
 
 
 def _prior(value: Any) -> str | dict[str, float]:
@@ -170,13 +189,27 @@ def _datasets(cfg: DictConfig, classes: tuple[str, ...],
     unknown = [s for s in cfg.splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"Unknown split(s) {unknown}; choose from {list(SPLITS)}.")
-    table = load_faces(cfg.data_root, cfg.paths.cache)
+    dataset = cfg.get("dataset", "fer2013")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r} is not one of {list(DATASETS)}.")
+    if dataset == "ferplus":
+        table = load_votes(cfg.ferplus_root, cfg.votes, cfg.paths.cache)
+    else:
+        table = load_faces(cfg.data_root, cfg.paths.cache)
     train_faces = table.select("train").faces
     datasets = {}
     for split in cfg.splits:
         part = table.select(split)
-        datasets[split] = {"faces": part.faces,
-                           "labels": remap_labels(part.labels, len(classes))}
+        if dataset == "ferplus":  # the majority label, where the votes give one
+            ids, keep = majority_labels(part.votes)
+            faces, labels = part.faces[keep], remap_labels(ids, len(classes))
+        else:
+            faces, labels = part.faces, remap_labels(part.labels, len(classes))
+        view = labels >= 0  # a face labelled contempt has no place in a 7- or 6-class model
+        datasets[split] = {"faces": faces[view], "labels": labels[view]}
+        if dataset == "ferplus":
+            datasets[split]["info"] = {"faces_without_majority": int((~keep).sum()),
+                                       "contempt_left_out": int((~view).sum())}
         if cfg.clean_test and split != "train":
             datasets[split]["train_faces"] = train_faces
     return datasets

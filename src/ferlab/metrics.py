@@ -123,9 +123,14 @@ def true_class_rank(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def fold_probabilities(probs: torch.Tensor, label_map: Sequence[int],
                        num_classes: int) -> torch.Tensor:
-    """Sum the probabilities of classes that a coarser view merges (e.g. disgust into angry)."""
+    """Sum the probabilities of classes that a coarser view merges (e.g. disgust into angry);
+    a class mapped to -1 (contempt outside the eight-class view) is dropped and the rest
+    renormalised."""
     index = torch.as_tensor(label_map, device=probs.device)
-    return torch.zeros(len(probs), num_classes, device=probs.device).index_add_(1, index, probs)
+    keep = index >= 0
+    folded = torch.zeros(len(probs), num_classes, device=probs.device,
+                         dtype=probs.dtype).index_add_(1, index[keep], probs[:, keep])
+    return folded if keep.all() else folded / folded.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 def per_class_figure(per_class: dict[str, dict], title: str = "") -> Figure:

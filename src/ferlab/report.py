@@ -82,10 +82,12 @@ def markdown(report: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
             lines.append(f"- Clean view: {c['removed']} of {m['n']} images are exact copies "
                          f"of training images; without them acc {c['acc']:.4f}, macro "
                          f"{c['acc_macro']:.4f} (n={c['n']}).")
-        if "six_class" in m:
-            s = m["six_class"]
-            lines.append(f"- Six-class view (disgust folded into angry): acc {s['acc']:.4f}, "
-                         f"macro {s['acc_macro']:.4f}, top-2 {s['acc_top2']:.4f}.")
+        for key, view in (("seven_class", "Seven-class view (contempt left out)"),
+                          ("six_class", "Six-class view (disgust folded into angry)")):
+            if key in m:
+                s = m[key]
+                lines.append(f"- {view}: acc {s['acc']:.4f}, macro {s['acc_macro']:.4f}, "
+                             f"top-2 {s['acc_top2']:.4f} (n={s['n']}).")
         for key, label in (("excluded_classes", "Excluded class folders"),
                            ("no_face", "Images without a detected face"),
                            ("unreadable", "Unreadable images")):

@@ -8,8 +8,8 @@ from ferlab.data.transforms import BatchAugment, preprocess, to_face
 
 __all__ = [
     "EMOTIONS", "FACE_SIZE", "SPLITS", "BatchAugment", "DataFormatError", "DataNotFoundError",
-    "FER2013DataModule", "FERPlusDataModule", "FaceTable", "class_names", "load_faces", "locate", "preprocess",
-    "remap_labels", "to_face",
+    "FER2013DataModule", "FERPlusDataModule", "FaceTable", "class_names", "load_faces", "locate",
+    "preprocess", "remap_labels", "to_face",
 ]
 
 

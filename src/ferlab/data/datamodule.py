@@ -20,11 +20,12 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from ferlab.data.cache import load_cached, load_faces
+from ferlab.data.cache import load_faces
 from ferlab.data.ferplus import (
     VOTE_FILES,
     VOTE_NAMES,
     VoteTable,
+    load_votes,
     locate_ferplus,
     majority_labels,
     vote_targets,
@@ -240,9 +241,7 @@ class FERPlusDataModule(FER2013DataModule):
         locate_ferplus(self.root, self.votes)
 
     def _load(self) -> VoteTable:
-        source = locate_ferplus(self.root, self.votes)
-        return load_cached(source, VoteTable, f"ferplus-{Path(source.votes).stem}", "FER+",
-                           self.cache_dir)
+        return load_votes(self.root, self.votes, self.cache_dir)
 
     def _split_dataset(self, table: VoteTable, split: str, training: bool) -> FaceBatches:
         part = table.select(split)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ferlab.data.cache import load_cached
 from ferlab.data.labels import CONTEMPT, EMOTIONS, SPLITS, USAGE_TO_SPLIT, VOCABULARY
 from ferlab.data.sources import DataFormatError, DataNotFoundError, decode_face, read_csv
 from ferlab.progress import track
@@ -227,6 +228,13 @@ def read_votes_csv(root: str | os.PathLike) -> VoteTable:
     keep = (frame["Image name"].str.strip() != "").to_numpy()
     return VoteTable(faces=pixels.faces[keep], votes=votes[keep], splits=pixels.splits[keep],
                      sources=pixels.sources[keep])
+
+
+def load_votes(root: str | os.PathLike, votes: str = LABEL_FILE,
+               cache_dir: str | os.PathLike | None = None) -> VoteTable:
+    """All FER+ faces and votes under ``root``, from the cache when the source is unchanged."""
+    source = locate_ferplus(root, votes)
+    return load_cached(source, VoteTable, f"ferplus-{Path(source.votes).stem}", "FER+", cache_dir)
 
 
 # --- votes -> targets ---------------------------------------------------------------------------
