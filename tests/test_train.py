@@ -267,6 +267,24 @@ def test_init_from_starts_a_new_run_from_trained_weights(make_cfg, tmp_path, sou
     assert torch.load(second / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
 
 
+def test_init_from_another_class_view_keeps_the_features(make_cfg, tmp_path, caplog):
+    """FER2013's seven classes -> six: the features carry over, the head starts afresh."""
+    first = tmp_path / "first"
+    train(short_cfg(make_cfg, first, ["trainer.max_epochs=1", "test=false"]))
+    trained = torch.load(first / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    cfg = short_cfg(make_cfg, tmp_path / "second", ["trainer.max_epochs=1", "test=false",
+                                                    "data=fer2013_6class", f"init_from={first}"])
+    with open_dict(cfg):
+        cfg.callbacks.record = {"_target_": f"{__name__}.RecordStartWeights"}
+    with caplog.at_level(logging.INFO, logger="ferlab.training"):
+        train(cfg)
+    start = RecordStartWeights.weights
+    head = {k for k in start if start[k].shape != trained[f"model.{k}"].shape}
+    assert head and all(start[k].shape[0] == 6 for k in head)
+    assert all(torch.equal(start[k], trained[f"model.{k}"]) for k in set(start) - head)
+    assert "except the classifier head" in caplog.text and "this run 6" in caplog.text
+
+
 def test_init_from_another_network_is_explained(make_cfg, tmp_path):
     first = tmp_path / "first"
     train(short_cfg(make_cfg, first, ["trainer.max_epochs=1", "test=false"]))

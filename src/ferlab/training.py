@@ -29,6 +29,7 @@ from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
 from ferlab.callbacks import OptunaPruning, find_timer
 from ferlab.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RandomStateInCheckpoint
 from ferlab.config import flatten, override_key
+from ferlab.data.labels import class_names
 from ferlab.data.sources import DataFormatError, DataNotFoundError
 from ferlab.files import remove_stale_temps, write_json
 from ferlab.precision import slow_bf16_reason
@@ -91,7 +92,7 @@ def _train(cfg: DictConfig, output_dir: Path, datamodule: L.LightningDataModule
     module = instantiate(cfg.module, model=_build_network(cfg),
                          teacher=_load_teacher(cfg.module.get("teacher"), cfg.data.num_classes))
     if cfg.get("init_from"):
-        _init_weights(module.model, cfg.init_from, cfg.model)
+        _init_weights(module.model, cfg.init_from, cfg.model, cfg.data.num_classes)
     progress_bar = _wants_progress_bar(cfg)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks = [c for c in callbacks if progress_bar or not isinstance(c, ProgressBar)]
@@ -227,18 +228,40 @@ def _build_network(cfg: DictConfig) -> torch.nn.Module:
     return network
 
 
-def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig) -> None:
+def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig,
+                  num_classes: int) -> None:
     """Start from another run's trained weights (a warm restart or fine-tune); the optimiser,
-    schedule and epoch count start afresh."""
-    weights, source_cfg, _ = artifacts.read_network_weights(source)
-    try:
-        network.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ValueError(
+    schedule and epoch count start afresh. From a model of another class view (FER2013's seven
+    to FER+'s eight, say) the features are kept and the classifier head starts afresh."""
+    weights, source_model, _ = artifacts.read_network_weights(source)
+    theirs = source_model.get("num_classes", num_classes)
+    ours = network.state_dict()
+
+    def refuse(reason: str) -> ValueError:
+        return ValueError(
             f"init_from={source} holds weights for a different network than model="
             f"{model_cfg.get('_target_')} with this config; use the same model config as that "
-            f"run.\n  its model: {source_cfg}\n  this run: "
-            f"{OmegaConf.to_container(model_cfg, resolve=True)}\n  ({err})") from None
+            f"run.\n  its model: {source_model}\n  this run: "
+            f"{OmegaConf.to_container(model_cfg, resolve=True)}\n  ({reason})")
+
+    head = [k for k in ours if k in weights and weights[k].shape != ours[k].shape
+            and theirs != num_classes and weights[k].shape[:1] == (theirs,)
+            and ours[k].shape[:1] == (num_classes,) and weights[k].shape[1:] == ours[k].shape[1:]]
+    kept = {k: v for k, v in weights.items() if k not in head}
+    try:
+        network.load_state_dict(kept, strict=not head)
+    except RuntimeError as err:
+        raise refuse(str(err)) from None
+    if head:
+        missing = sorted(set(ours) - set(kept) - set(head))
+        unexpected = sorted(set(kept) - set(ours))
+        if missing or unexpected:
+            raise refuse(f"missing {missing}, unexpected {unexpected}")
+        log.info("Network weights initialised from %s except the classifier head (%s), which "
+                 "starts afresh: that model predicts %d classes (%s), this run %d (%s)", source,
+                 ", ".join(head), theirs, ", ".join(class_names(theirs)), num_classes,
+                 ", ".join(class_names(num_classes)))
+        return
     log.info("Network weights initialised from %s", source)
 
 
