@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +58,14 @@ def temp_file(path: Path) -> tuple[int, str]:
                             suffix=".tmp")
 
 
+def temp_dir(path: Path) -> Path:
+    """A new temporary folder beside ``path``, named as :func:`temp_file` names files (renamed
+    over ``path`` when complete; :func:`remove_stale_temps` removes one a killed writer left)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}",
+                                 suffix=".tmp"))
+
+
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     """Remove the temporary files of :func:`temp_file` in ``directory`` whose writer, a process
     on this host, is gone; return them."""
@@ -66,7 +75,10 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
         temp_host, pid, _ = (tag.split("~") + ["", ""])[:3]
         if temp_host != host or not pid.isdigit() or process_alive(int(pid)):
             continue
-        temp.unlink(missing_ok=True)
+        if temp.is_dir() and not temp.is_symlink():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
         removed.append(temp)
     if removed:
         log.info("Removed %d temporary file(s) left by a killed writer in %s", len(removed),

@@ -245,13 +245,43 @@ def summarize(sweep_dir: str | os.PathLike, metric: str | None = None,
             shlex.quote(o) for o in overrides
             if o.split("=", 1)[0].lstrip("+~") not in ("hparams_search", "storage"))
     paths = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md"}
+    folds = _across_folds(table, swept, metric)
+    if folds is not None:
+        paths["folds"] = sweep_dir / "folds.csv"
+        with atomic_write(paths["folds"]) as handle:
+            folds.to_csv(handle, index=False)
     plots = _plot(table, swept, metric, sweep_dir)
     plots += _optuna_plots(sweep_dir, sweeper, table, swept, metric, direction)
     with atomic_write(paths["md"]) as handle:
-        handle.write(_markdown(sweep_dir, summary, metric, direction, rerun, plots))
+        handle.write(_markdown(sweep_dir, summary, metric, direction, rerun, plots, folds))
     for plot in plots:
         paths[plot.stem] = plot
     return paths
+
+
+FOLD_KEY = "data.fold"
+
+
+def _across_folds(table: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame | None:
+    """A k-fold sweep's figures over its folds (``-m data.fold='range(K)'``): mean and sample
+    standard deviation of the metric and the test figures, per setting of the other swept keys
+    (the protocol CK+ and JAFFE papers report)."""
+    if FOLD_KEY not in swept:
+        return None
+    done = table[table["status"] == "completed"]
+    others = [f"override:{k}" for k in swept if k != FOLD_KEY]
+    measured = [m for m in dict.fromkeys([metric, "test/acc", "test/acc_macro"]) if m in done]
+    rows = []
+    for key, group in (done.groupby(others, dropna=False) if others else [((), done)]):
+        key = key if isinstance(key, tuple) else (key,)
+        row = {k.removeprefix("override:"): v for k, v in zip(others, key)}
+        row["folds"] = len(group)
+        for m in measured:
+            values = pd.to_numeric(group[m], errors="coerce").dropna()
+            row[f"{m} mean"] = values.mean() if len(values) else math.nan
+            row[f"{m} sd"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _sweep_record(sweep_dir: Path) -> dict:
@@ -280,7 +310,7 @@ def _swept_keys(table: pd.DataFrame) -> list[str]:
 
 
 def _markdown(sweep_dir: Path, summary: pd.DataFrame, metric: str, direction: str,
-              rerun: str | None, plots: list[Path]) -> str:
+              rerun: str | None, plots: list[Path], folds: pd.DataFrame | None = None) -> str:
     counts = summary["status"].value_counts().to_dict()
     lines = [f"# Sweep {sweep_dir.name}", "",
              f"{len(summary)} jobs ({', '.join(f'{n} {s}' for s, n in counts.items())}), sorted "
@@ -294,6 +324,17 @@ def _markdown(sweep_dir: Path, summary: pd.DataFrame, metric: str, direction: st
     for row in table.itertuples(index=False):
         lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
     lines.append("")
+    if folds is not None and len(folds):
+        measured = [c.removesuffix(" mean") for c in folds if c.endswith(" mean")]
+        keys = [c for c in folds if c != "folds" and not c.endswith((" mean", " sd"))]
+        lines += ["## Across folds (mean ± sd)", "",
+                  "| " + " | ".join([*keys, "folds", *measured]) + " |",
+                  "|" + "---|" * (len(keys) + 1 + len(measured))]
+        for _, row in folds.iterrows():
+            cells = [str(row[k]) for k in keys] + [str(int(row["folds"]))]
+            cells += [f"{row[f'{m} mean']:.4f} ± {row[f'{m} sd']:.4f}" for m in measured]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     if rerun:
         lines += ["Rerun the best job:", "", "```bash", rerun, "```", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -12,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from ferlab.data.sources import FaceTable, locate
-from ferlab.files import atomic_write, remove_stale_temps
+from ferlab.files import atomic_write, remove_stale_temps, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,60 @@ def load_cached(source: Source, table_type: type[T], name: str, title: str,
     return table
 
 
+class ArrayStore:
+    """Where a source being cached writes its arrays: ``.npy`` files in a folder, so that the
+    cache is read memory-mapped and a set larger than memory never has to be in it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def empty(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A writable array of that shape, on disk."""
+        return np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype,
+                                         shape=shape)
+
+    def put(self, name: str, array: np.ndarray) -> None:
+        np.save(self.folder / f"{name}.npy", np.asarray(array), allow_pickle=False)
+
+
+class MappedSource(Source, Protocol):
+    def read_into(self, store: ArrayStore) -> dict[str, np.ndarray]: ...
+
+
+def load_mapped(source: MappedSource, table_type: type[T], name: str, title: str,
+                cache_dir: str | os.PathLike | None = None) -> T:
+    """Like :func:`load_cached` for sets that may not fit in memory: ``source.read_into(store)``
+    writes the arrays into a cache folder, which every run then reads memory-mapped."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    prefix = f"{name}-{source.kind}-{_path_key(source.path)}-"
+    folder = cache_dir / f"{prefix}v{CACHE_VERSION}-{source.fingerprint()[:20]}"
+    if not folder.is_dir():
+        log.info("Decoding %s from %s (%s) into the cache %s", title, source.path, source.kind,
+                 folder)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(cache_dir)  # a decode killed halfway left its folder
+        scratch = temp_dir(folder)
+        try:
+            arrays = source.read_into(ArrayStore(scratch))
+            for field, array in arrays.items():
+                if not (scratch / f"{field}.npy").is_file():
+                    ArrayStore(scratch).put(field, array)
+            del arrays  # the memory maps close before the folder moves
+            scratch.rename(folder)
+        except OSError as err:
+            if not folder.is_dir():  # (another process may have written it meanwhile)
+                raise OSError(f"Could not write the {title} cache {folder} ({err}); set "
+                              "FERLAB_CACHE or data.cache_dir to a writable folder with room "
+                              "for the faces (48 x 48 bytes each).") from err
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+        _remove_stale(folder, prefix, title)
+    arrays = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False)
+              for f in sorted(folder.glob("*.npy"))}
+    return table_type(**arrays)
+
+
 def _path_key(path: Path) -> str:
     return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
 
@@ -75,10 +130,13 @@ def _path_key(path: Path) -> str:
 def _remove_stale(cache_file: Path, prefix: str, title: str) -> None:
     """Delete the caches of earlier states of the same source (each a copy of the dataset,
     88 MB for FER2013), so that touching or copying the data does not fill the disk."""
-    for stale in cache_file.parent.glob(f"{prefix}*.npz"):
+    for stale in cache_file.parent.glob(f"{prefix}*"):
         if stale != cache_file:
             try:
-                stale.unlink()
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
                 log.info("Removed the stale %s cache %s", title, stale)
             except OSError as err:
                 log.warning("Could not remove the stale %s cache %s (%s)", title, stale, err)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +20,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from ferlab.data.cache import load_faces
+from ferlab.data.cache import load_faces, load_mapped
 from ferlab.data.ferplus import (
     VOTE_FILES,
     VOTE_NAMES,
@@ -29,6 +29,13 @@ from ferlab.data.ferplus import (
     locate_ferplus,
     majority_labels,
     vote_targets,
+)
+from ferlab.data.folders import (
+    FolderTable,
+    assign_splits,
+    check_split_rule,
+    locate_folder_set,
+    subject_groups,
 )
 from ferlab.data.labels import SPLITS, class_names, remap_labels
 from ferlab.data.sources import FaceTable, locate
@@ -49,6 +56,37 @@ class FaceBatches(Dataset):
 
     def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.faces[index], self.labels[index]
+
+    def reordered(self, order: torch.Tensor) -> FaceBatches:
+        return FaceBatches(self.faces[order], self.labels[order])
+
+    @staticmethod
+    def join(parts: Sequence[FaceBatches]) -> FaceBatches:
+        return FaceBatches(torch.cat([d.faces for d in parts]),
+                           torch.cat([d.labels for d in parts]))
+
+
+class MappedFaces(Dataset):
+    """Rows of a memory-mapped (N, 48, 48) uint8 face array, read a batch at a time: a set larger
+    than memory trains, the pages the operating system keeps being its only copy."""
+
+    def __init__(self, faces: np.ndarray, rows: np.ndarray, labels: torch.Tensor) -> None:
+        self.faces, self.rows, self.labels = faces, np.asarray(rows, dtype=np.int64), labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        faces = np.ascontiguousarray(self.faces[self.rows[index]])  # (B, 48, 48), a copy
+        return torch.from_numpy(faces).unsqueeze(1), self.labels[index]
+
+    def reordered(self, order: torch.Tensor) -> MappedFaces:
+        return MappedFaces(self.faces, self.rows[order.numpy()], self.labels[order])
+
+    @staticmethod
+    def join(parts: Sequence[MappedFaces]) -> MappedFaces:
+        return MappedFaces(parts[0].faces, np.concatenate([d.rows for d in parts]),
+                           torch.cat([d.labels for d in parts]))
 
 
 class Shard(Sampler[int]):
@@ -136,10 +174,9 @@ class FER2013DataModule(L.LightningDataModule):
             # a class-sorted image-folder copy (val/acc 0.005 with happy recall 1.0)
             data = self.datasets[split]
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-            self.datasets[split] = FaceBatches(data.faces[order], data.labels[order])
+            self.datasets[split] = data.reordered(order)
         train = [self._split_dataset(table, s, training=True) for s in self.train_splits]
-        self.datasets["fit"] = FaceBatches(torch.cat([d.faces for d in train]),
-                                           torch.cat([d.labels for d in train]))
+        self.datasets["fit"] = type(train[0]).join(train)
         log.info("%s from %s: %s", self.title, self.root,
                  ", ".join(f"{s}={len(self.datasets[s])}" for s in ("fit", *SPLITS)))
 
@@ -261,3 +298,58 @@ class FERPlusDataModule(FER2013DataModule):
         if self.labels == "probability":  # a new draw every time a face is seen
             return torch.multinomial(labels, 1).squeeze(1)
         return labels
+
+
+class FolderDataModule(FER2013DataModule):
+    """Any labelled folder set (``root/<split>/<class>/*`` or ``root/<class>/*``: RAF-DB, AffectNet
+    or ExpW exports, CK+, JAFFE, KDEF): images of any size, grey or colour, decoded once into a
+    memory-mapped uint8 cache (faces detected and cropped then, with ``detect``), folder names
+    mapped onto ferlab's classes (``class_map`` beside the built-in aliases). Without split
+    folders, whole subjects (``group``: a regular expression whose first group finds the subject
+    in a file name) are drawn into test and val, or into ``folds`` folds of which ``fold`` tests:
+    no subject is in two splits."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data/faces",
+        num_classes: int = 7,
+        class_map: Mapping[str, str] | None = None,
+        detect: str | None = None,
+        group: str | None = None,
+        folds: int = 0,
+        fold: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(root=root, num_classes=num_classes, **kwargs)
+        self.class_map = dict(class_map or {})
+        self.detect, self.group = detect, group
+        self.folds, self.fold, self.split_seed = folds, fold, split_seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        check_split_rule(val_fraction, test_fraction, folds, fold)
+        subject_groups(np.array([]), group)  # checks the pattern
+        self.title = f"Folder set {Path(root).name}"
+        self._splits: np.ndarray | None = None
+
+    def check_source(self) -> None:
+        locate_folder_set(self.root, self.class_map, self.detect)
+
+    def _load(self) -> FolderTable:
+        source = locate_folder_set(self.root, self.class_map, self.detect)
+        table = load_mapped(source, FolderTable, "folders", self.title, self.cache_dir)
+        if self._splits is None:
+            groups = subject_groups(table.sources, self.group)
+            self._splits = assign_splits(groups, table.splits, self.val_fraction,
+                                         self.test_fraction, self.folds, self.fold,
+                                         self.split_seed)
+            if not (self._splits == SPLITS.index("val")).any():
+                raise ValueError(f"{self.root}: no images fall in the validation split; raise "
+                                 "data.val_fraction (or add a val/ folder).")
+        return table
+
+    def _split_dataset(self, table: FolderTable, split: str, training: bool) -> MappedFaces:
+        ids = remap_labels(table.labels, self.num_classes)
+        rows = np.flatnonzero((self._splits == SPLITS.index(split)) & table.found & (ids >= 0))
+        return MappedFaces(table.faces, rows, torch.from_numpy(ids[rows]))

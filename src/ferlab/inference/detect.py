@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
+
+from ferlab.data.transforms import to_face
+from ferlab.inference.images import as_bgr, read_image, to_grey
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,19 @@ def face_crop_box(box: Box, image_shape: tuple[int, ...], margin: float = CROP_M
 
 def crop(grey: np.ndarray, box: Box) -> np.ndarray:
     return grey[box.y:box.y + box.h, box.x:box.x + box.w]
+
+
+def find_faces(image, detector: FaceDetector, margin: float = CROP_MARGIN,
+               color_order: str = "bgr") -> list[tuple[Box, np.ndarray]]:
+    """Every face ``detector`` finds in ``image`` (a path or an array), largest first: its box
+    and its (48, 48) uint8 grey crop."""
+    if not getattr(detector, "color", True):  # grey-only: never decode or convert colour
+        grey = (read_image(image, grey=True) if isinstance(image, (str, os.PathLike))
+                else to_grey(image, color_order))
+        boxes = detector.detect(grey)
+    else:
+        bgr = as_bgr(image, color_order)
+        grey = to_grey(bgr)
+        boxes = detector.detect(bgr)
+    boxes = sorted(boxes, key=lambda b: b.area, reverse=True)
+    return [(b, to_face(crop(grey, face_crop_box(b, grey.shape, margin)))) for b in boxes]

@@ -20,10 +20,9 @@ from ferlab.inference.detect import (
     Box,
     FaceDetector,
     HaarDetector,
-    crop,
-    face_crop_box,
+    find_faces,
 )
-from ferlab.inference.images import as_bgr, read_image, to_grey
+from ferlab.inference.images import to_grey
 from ferlab.inference.runtime import BACKENDS, OnnxNetwork, choose_backend, to_onnx
 from ferlab.models import fold_batch_norm
 from ferlab.precision import slow_bf16_reason
@@ -233,17 +232,9 @@ class EmotionRecognizer:
 
     def detect_faces(self, image, color_order: str = "bgr") -> list[tuple[Box, np.ndarray]]:
         """Every detected face, largest first: its box and its (48, 48) uint8 grey crop."""
-        if not self.needs_color:  # a grey-only detector: never decode or convert colour
-            grey = (read_image(image, grey=True) if isinstance(image, (str, os.PathLike))
-                    else to_grey(image, color_order))
-            boxes = self.detector.detect(grey)
-        else:
-            bgr = as_bgr(image, color_order)
-            grey = to_grey(bgr)
-            boxes = self.detector.detect(bgr)
-        boxes = sorted(boxes, key=lambda b: b.area, reverse=True)
-        return [(b, to_face(crop(grey, face_crop_box(b, grey.shape, self.margin))))
-                for b in boxes]
+        if self.detector is None:
+            self.detector = HaarDetector()
+        return find_faces(image, self.detector, self.margin, color_order)
 
     def describe(self, found: list[tuple[Box, np.ndarray]]) -> list[dict[str, Any]]:
         """Records for faces from :meth:`detect_faces`."""
