@@ -153,6 +153,12 @@ def _train(cfg: DictConfig, output_dir: Path, datamodule: L.LightningDataModule
                      and c.best_model_path and (c.monitor is not None) == validated), None)
         for result in trainer.test(module, datamodule=datamodule, ckpt_path=best):
             metrics.update({k: float(v) for k, v in result.items()})
+        for name in getattr(datamodule, "test_sets", []):  # a mixture: each set's figures too
+            datamodule.test_set = name
+            for result in trainer.test(module, datamodule=datamodule, ckpt_path=best):
+                metrics.update({k.replace("test/", f"test/{name}/", 1): float(v)
+                                for k, v in result.items()})
+            datamodule.test_set = None
         metrics["test/ckpt"] = best or "last weights"
 
     metrics.update({

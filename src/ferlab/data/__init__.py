@@ -8,7 +8,8 @@ from ferlab.data.transforms import BatchAugment, preprocess, to_face
 
 __all__ = [
     "EMOTIONS", "FACE_SIZE", "SPLITS", "BatchAugment", "DataFormatError", "DataNotFoundError",
-    "FER2013DataModule", "FERPlusDataModule", "FaceTable", "FolderDataModule", "class_names",
+    "FER2013DataModule", "FERPlusDataModule", "FaceTable", "FolderDataModule", "MixtureDataModule",
+    "class_names",
     "load_faces", "locate", "preprocess", "remap_labels", "to_face",
 ]
 
@@ -16,7 +17,8 @@ __all__ = [
 def __getattr__(name: str):
     # the LightningDataModule is imported on first use, so that inference (which needs faces and
     # labels, never batches for a Trainer) does not import Lightning
-    if name in ("FER2013DataModule", "FERPlusDataModule", "FolderDataModule"):
+    if name in ("FER2013DataModule", "FERPlusDataModule", "FolderDataModule",
+                "MixtureDataModule"):
         from ferlab.data import datamodule
 
         return getattr(datamodule, name)

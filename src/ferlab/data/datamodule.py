@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -200,10 +201,9 @@ class FER2013DataModule(L.LightningDataModule):
             # one process: the global stream, which seed= and resume= set; several: a stream of
             # their own from the seed, so that all draw the same order whatever else they draw
             stream = torch.Generator().manual_seed(torch.initial_seed()) if world > 1 else None
-            if self.balanced_sampling:
-                major = data.labels.argmax(dim=1) if data.labels.ndim == 2 else data.labels
-                weights = 1.0 / torch.bincount(major, minlength=self.num_classes).double()
-                draws = WeightedRandomSampler(weights[major], len(data), replacement=True,
+            weights = self.draw_weights(data)
+            if weights is not None:
+                draws = WeightedRandomSampler(weights, len(data), replacement=True,
                                               generator=stream)
             else:
                 draws = RandomSampler(data, generator=stream)
@@ -219,6 +219,13 @@ class FER2013DataModule(L.LightningDataModule):
             generator = torch.Generator().manual_seed(0)
         return DataLoader(data, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, generator=generator)
+
+    def draw_weights(self, data: Dataset) -> torch.Tensor | None:
+        """Each training face's chance of being drawn (None: every face once an epoch)."""
+        if not self.balanced_sampling:
+            return None
+        major = data.labels.argmax(dim=1) if data.labels.ndim == 2 else data.labels
+        return (1.0 / torch.bincount(major, minlength=self.num_classes).double())[major]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("fit", shuffle=True)
@@ -353,3 +360,124 @@ class FolderDataModule(FER2013DataModule):
         ids = remap_labels(table.labels, self.num_classes)
         rows = np.flatnonzero((self._splits == SPLITS.index(split)) & table.found & (ids >= 0))
         return MappedFaces(table.faces, rows, torch.from_numpy(ids[rows]))
+
+
+class MixedFaces(Dataset):
+    """Several data sets' faces as one, a batch at a time: each face is read from its own set
+    (in memory or memory-mapped), labels are held together (distributions when any set's are)."""
+
+    def __init__(self, parts: Sequence[Dataset], labels: torch.Tensor, part_of: np.ndarray,
+                 local: np.ndarray) -> None:
+        self.parts, self.labels = list(parts), labels
+        self.part_of, self.local = part_of, local  # (M,) which set, (M,) index in that set
+
+    @staticmethod
+    def of(parts: Sequence[Dataset], num_classes: int) -> MixedFaces:
+        soft = any(p.labels.ndim == 2 for p in parts)
+        labels = [F.one_hot(p.labels, num_classes).float() if soft and p.labels.ndim == 1
+                  else p.labels for p in parts]
+        return MixedFaces(parts, torch.cat(labels),
+                          np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]),
+                          np.concatenate([np.arange(len(p)) for p in parts]))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = np.asarray(index)
+        parts, local = self.part_of[index], self.local[index]
+        faces = None
+        for part in np.unique(parts):
+            chosen = parts == part
+            got, _ = self.parts[part][local[chosen].tolist()]
+            if faces is None:
+                faces = torch.empty((len(index), *got.shape[1:]), dtype=got.dtype)
+            faces[torch.from_numpy(chosen)] = got
+        return faces, self.labels[torch.from_numpy(index)]
+
+    def reordered(self, order: torch.Tensor) -> MixedFaces:
+        order = order.numpy()
+        return MixedFaces(self.parts, self.labels[order], self.part_of[order], self.local[order])
+
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.part_of, minlength=len(self.parts))
+
+
+class MixtureDataModule(FER2013DataModule):
+    """Several data sets trained at once, in one class view (``num_classes``, applied to every
+    set): each set is a data module of its own (FER2013, FER+, a folder set) with its own root
+    and class mapping. Training draws from the sets in proportion to ``weights`` (by set name;
+    without weights, in proportion to their sizes); validation pools the sets' val faces; the
+    test after training gives figures per set (``test/<set>/acc``) and pooled."""
+
+    def __init__(
+        self,
+        sets: Mapping[str, FER2013DataModule],
+        weights: Mapping[str, float] | None = None,
+        num_classes: int = 7,
+        **kwargs,
+    ) -> None:
+        kwargs.pop("root", None)
+        super().__init__(root=".", num_classes=num_classes, **kwargs)
+        if len(sets) < 1:
+            raise ValueError("data=mixture needs its sets: add each with +data@data.sets.<name>="
+                             "<data config>, e.g. +data@data.sets.fer2013=fer2013 "
+                             "+data@data.sets.ck=folder data.sets.ck.root=data/ckplus.")
+        weights = dict(weights or {})
+        unknown = set(weights) - set(sets)
+        if unknown or any(not (isinstance(w, (int, float)) and w > 0) for w in weights.values()):
+            raise ValueError(f"data.weights={weights}: give a positive weight per set name "
+                             f"({', '.join(sets)}); unknown: {sorted(unknown)}.")
+        if weights and set(weights) != set(sets):
+            raise ValueError(f"data.weights names {sorted(weights)} but the sets are "
+                             f"{sorted(sets)}: weigh every set or none.")
+        for name, member in sets.items():
+            if getattr(member, "labels", None) in ("probability", "multilabel"):
+                raise ValueError(f"data.sets.{name}.labels={member.labels}: in a mixture a set "
+                                 "gives class indices or distributions (majority or "
+                                 "crossentropy).")
+            member.num_classes, member.class_names = num_classes, self.class_names
+        self.sets, self.weights = dict(sets), weights
+        self.title = f"Mixture of {', '.join(self.sets)}"
+        self.test_set: str | None = None  # the set test_dataloader gives (None: all pooled)
+
+    def check_source(self) -> None:
+        for member in self.sets.values():
+            member.check_source()
+
+    def prepare_data(self) -> None:
+        for member in self.sets.values():
+            member.prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for member in self.sets.values():
+            member.trainer = self.trainer
+            member.setup(stage)
+        members = list(self.sets.values())
+        for split in (*SPLITS, "fit"):
+            self.datasets[split] = MixedFaces.of([m.datasets[split] for m in members],
+                                                 self.num_classes)
+        order = torch.randperm(len(self.datasets["val"]),
+                               generator=torch.Generator().manual_seed(0))
+        self.datasets["val"] = self.datasets["val"].reordered(order)  # sets interleaved
+        log.info("%s: %s", self.title, "; ".join(
+            f"{name} fit={len(m.datasets['fit'])} val={len(m.datasets['val'])} "
+            f"test={len(m.datasets['test'])}" for name, m in self.sets.items()))
+
+    @property
+    def test_sets(self) -> list[str]:
+        return list(self.sets)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            return self._loader("test", shuffle=False)
+        return self.sets[self.test_set]._loader("test", shuffle=False)
+
+    def draw_weights(self, data: Dataset) -> torch.Tensor | None:
+        if not self.weights:
+            return super().draw_weights(data)
+        sizes = data.sizes()
+        share = np.array([self.weights[name] for name in self.sets], dtype=np.float64)
+        return torch.from_numpy(share[data.part_of] / np.maximum(sizes, 1)[data.part_of])
