@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -171,13 +172,15 @@ class FolderSource:
         from ferlab.inference.images import ImageError, read_image
 
         files = self.files()
-        detector = make_detector(self.detect) if self.detect else None
+        local = threading.local()  # a detector per thread: OpenCV's cascades are not shareable
 
         def load(file: Path) -> np.ndarray | None:
             try:
-                if detector is None:
+                if not self.detect:
                     return to_face(read_image(file, grey=True))
-                found = find_faces(file, detector)
+                if not hasattr(local, "detector"):
+                    local.detector = make_detector(self.detect)
+                found = find_faces(file, local.detector)
             except (ImageError, OSError) as err:
                 raise DataFormatError(f"{file}: cannot be read as an image ({err}); remove it "
                                       "from the folder set.") from err
