@@ -10,7 +10,9 @@ decodes the set into ferlab's uint8 cache (a .npy file the runs read memory-mapp
 run reads the cache only. Printed: the faces' size as an array, and per run the peak resident
 memory split into anonymous memory (the process's own: what a set held in memory would add
 to) and file-backed pages (the mapped cache's pages the kernel keeps while there is room and
-drops when memory is short), with the wall time.
+drops when memory is short), with the wall time. ``--limit-mb`` instead runs the training once
+inside a cgroup (v1 memory controller; root) whose limit counts the process's memory and its page
+cache together, set below what the faces held in memory would need.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 def write_set(root: Path, faces: int, seed: int = 0) -> None:
     """``faces`` noisy 48x48 PNGs with a class-coded bar, spread over the seven class folders."""
     rng = np.random.default_rng(seed)
-    for label, name in enumerate(CLASSES):
+    for name in CLASSES:
         (root / name).mkdir(parents=True, exist_ok=True)
     for i in range(faces):
         label = i % len(CLASSES)
@@ -53,11 +55,21 @@ def memory(pid: int) -> dict[str, int]:
     return fields
 
 
-def run(command: list[str], cwd: Path, env: dict) -> dict[str, float]:
-    """Run ``command``, sampling its memory; peak MB of each field and the wall time."""
+CGROUPS = Path("/sys/fs/cgroup/memory")
+
+
+def run(command: list[str], cwd: Path, env: dict, cgroup: Path | None = None
+        ) -> dict[str, float]:
+    """Run ``command`` (in ``cgroup``), sampling its memory; peak MB of each field and the wall
+    time."""
     start = time.perf_counter()
+
+    def enter() -> None:
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=enter)
     peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
     while process.poll() is None:
         try:
@@ -76,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=300_000)
     parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--limit-mb", type=int, default=0,
+                        help="train once in a cgroup limited to this many MB instead (0: not)")
     parser.add_argument("--work", type=Path, default=None,
                         help="where the set, its cache and the runs go (default: a temp folder, "
                              "removed afterwards)")
@@ -93,10 +107,24 @@ def main() -> None:
                    "model=vgg8_gap_tiny", "trainer.max_epochs=1", "test=false",
                    f"trainer.limit_train_batches={args.batches}", "trainer.limit_val_batches=20",
                    f"paths.runs={work / 'runs'}"]
-        for label in ("first run (decodes into the cache)", "second run (the cache only)"):
+        labels = ("first run (decodes into the cache)", "second run (the cache only)")
+        for label in labels if not args.limit_mb else ():
             peak = run(command, work, env)
             print(f"{label}: peak RSS {peak['VmRSS']:.0f} MB = anonymous {peak['RssAnon']:.0f} "
                   f"MB + file-backed {peak['RssFile']:.0f} MB; {peak['seconds']:.0f} s")
+        if args.limit_mb:
+            cgroup = CGROUPS / f"ferlab-benchmark-{os.getpid()}"
+            cgroup.mkdir()
+            try:
+                (cgroup / "memory.limit_in_bytes").write_text(str(args.limit_mb * 2**20))
+                peak = run(command, work, env, cgroup)
+                used = int((cgroup / "memory.max_usage_in_bytes").read_text()) / 2**20
+                print(f"in a cgroup limited to {args.limit_mb} MB (memory and page cache): "
+                      f"trained; the cgroup's peak {used:.0f} MB, the process's peak RSS "
+                      f"{peak['VmRSS']:.0f} MB = anonymous {peak['RssAnon']:.0f} MB + "
+                      f"file-backed {peak['RssFile']:.0f} MB; {peak['seconds']:.0f} s")
+            finally:
+                cgroup.rmdir()
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -255,11 +255,18 @@ def test_trains_on_ferplus_in_eight_classes_and_evaluates_on_both_label_sets(
     assert on_fer2013["seven_class"]["acc"] >= on_fer2013["acc"]  # contempt no longer counts
 
 
-def test_trains_on_label_sets(make_cfg, folders_root):
-    cfg = make_cfg(["data=ferplus", f"data.root={folders_root}", "data.labels=multilabel",
-                    "data.num_classes=7", "model=baseline", "trainer.max_epochs=1"])
+@pytest.mark.parametrize("mode, classes, extra", [
+    ("multilabel", 7, []),
+    ("probability", 8, []),
+    ("crossentropy", 8, ["module.mixup_alpha=0.2", "module.cutmix_alpha=1.0"]),  # mixed soft
+])
+def test_trains_in_every_mode(make_cfg, folders_root, mode, classes, extra):
+    cfg = make_cfg(["data=ferplus", f"data.root={folders_root}", f"data.labels={mode}",
+                    f"data.num_classes={classes}", "model=baseline", "trainer.max_epochs=1",
+                    *extra])
     metrics = train(cfg)
-    assert "test/recall/contempt" not in metrics and "test/recall/neutral" in metrics
+    assert ("test/recall/contempt" in metrics) == (classes == 8)
+    assert "test/recall/neutral" in metrics and np.isfinite(metrics["train/loss_epoch"])
 
 
 def test_multilabel_refuses_mixup(make_cfg, folders_root):
