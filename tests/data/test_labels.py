@@ -33,3 +33,10 @@ def test_eight_classes_add_contempt_after_fer2013s_seven():
 def test_unsupported_class_count(n):
     with pytest.raises(ValueError, match="fer2013_6class.*ferplus"):
         class_names(n)
+
+
+def test_fer2013_has_no_eight_class_view(tmp_path):
+    from ferlab.data import FER2013DataModule
+
+    with pytest.raises(ValueError, match="contempt, the eighth, is FER\\+'s: data=ferplus"):
+        FER2013DataModule(tmp_path, num_classes=8)

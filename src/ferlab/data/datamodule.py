@@ -113,6 +113,9 @@ class Shard(Sampler[int]):
 class FER2013DataModule(L.LightningDataModule):
     """FER2013's official splits (train/val/test) in the seven- or six-class view."""
 
+    title = "FER2013"  # how the log names the data
+    views: tuple[int, ...] = (7, 6)  # the class views the data can give
+
     def __init__(
         self,
         root: str | os.PathLike = "data/fer2013",
@@ -127,6 +130,11 @@ class FER2013DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.class_names = class_names(num_classes)  # validates num_classes
+        if num_classes not in self.views:
+            raise ValueError(f"{type(self).__name__} trains the class views with "
+                             f"{' or '.join(map(str, self.views))} classes; got num_classes="
+                             f"{num_classes} (contempt, the eighth, is FER+'s: data=ferplus, or "
+                             "data=mixture with FER2013 among the sets).")
         unknown = set(train_splits) - set(SPLITS)
         if unknown or not train_splits:
             raise ValueError(f"train_splits must be a non-empty subset of {SPLITS}; got "
@@ -144,8 +152,6 @@ class FER2013DataModule(L.LightningDataModule):
         # often on average, so the network does not learn the training mix as a prior
         self.balanced_sampling = balanced_sampling
         self.datasets: dict[str, FaceBatches] = {}
-
-    title = "FER2013"  # how the log names the data
 
     def check_source(self) -> None:
         """Fail fast, saying where to get the data, when the data root holds nothing readable."""
@@ -261,6 +267,8 @@ class FERPlusDataModule(FER2013DataModule):
     30% of the votes; the loss takes the one the network rates highest). Validation and test
     faces always carry their majority label, which accuracy counts against."""
 
+    views = (8, 7)
+
     def __init__(
         self,
         root: str | os.PathLike = "data/ferplus",
@@ -315,6 +323,8 @@ class FolderDataModule(FER2013DataModule):
     folders, whole subjects (``group``: a regular expression whose first group finds the subject
     in a file name) are drawn into test and val, or into ``folds`` folds of which ``fold`` tests:
     no subject is in two splits."""
+
+    views = (8, 7, 6)
 
     def __init__(
         self,
@@ -409,6 +419,8 @@ class MixtureDataModule(FER2013DataModule):
     and class mapping. Training draws from the sets in proportion to ``weights`` (by set name;
     without weights, in proportion to their sizes); validation pools the sets' val faces; the
     test after training gives figures per set (``test/<set>/acc``) and pooled."""
+
+    views = (8, 7, 6)
 
     def __init__(
         self,
