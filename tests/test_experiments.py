@@ -65,6 +65,17 @@ def test_recorded_command_keeps_the_recipe_and_drops_where_it_ran(tmp_path, monk
     assert "| 1 GPU |" in row and "| - (val in training) | - |" in row
 
 
+def test_recorded_data_names_the_set():
+    record = _record_module()
+    ferplus = {"_target_": "ferlab.data.FERPlusDataModule", "labels": "crossentropy",
+               "votes": "label.csv", "num_classes": 8, "train_splits": ["train"]}
+    assert record.describe_data(ferplus) == ("FER+ (crossentropy targets, votes from label.csv) "
+                                             "train, 8 classes")
+    mixture = {"_target_": "ferlab.data.MixtureDataModule", "sets": {"fer2013": {}, "raf": {}},
+               "num_classes": 7, "train_splits": ["train"]}
+    assert record.describe_data(mixture) == "mixture of fer2013, raf train, 7 classes"
+
+
 def test_record_without_figures_keeps_the_numbers(tmp_path, monkeypatch):
     record = _record_module()
     monkeypatch.setattr(record, "HERE", tmp_path / "experiments")

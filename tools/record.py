@@ -89,6 +89,16 @@ def _relative(value):
     return value
 
 
+def describe_data(data: dict) -> str:
+    """The data a run trained on, as the tables name it: the set, its splits, its class view."""
+    kind = str(data.get("_target_", "")).rsplit(".", 1)[-1]
+    name = {"FERPlusDataModule": f"FER+ ({data.get('labels')} targets, votes from "
+                                 f"{data.get('votes')})",
+            "FolderDataModule": "folder set", "MixtureDataModule":
+                f"mixture of {', '.join(data.get('sets') or {})}"}.get(kind, "FER2013")
+    return f"{name} {'+'.join(data['train_splits'])}, {data['num_classes']} classes"
+
+
 def add(name: str, run: Path, question: str, eval_dir: Path | None,
         after: str | None = None, hardware_text: str | None = None) -> Path:
     parts = Path(name).parts
@@ -118,11 +128,10 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
         command = command.replace("ferlab.train ", f"ferlab.train --config-dir "
                                   f"{study.parent.relative_to(HERE.parent).as_posix()} ", 1)
     data = config["data"]
-    view = "7 classes" if data["num_classes"] == 7 else f"{data['num_classes']} classes"
     record = {"question": question, "command": command.strip(),
               "hardware": hardware_text or hardware(),
               "precision": str(config["trainer"]["precision"]),
-              "data": f"FER2013 {'+'.join(data['train_splits'])}, {view}", "train": metrics}
+              "data": describe_data(data), "train": metrics}
     if "seed" in config:
         record["seed"] = config["seed"]
     if "val" in data["train_splits"]:  # val numbers would be training numbers
