@@ -12,7 +12,8 @@ memory split into anonymous memory (the process's own: what a set held in memory
 to) and file-backed pages (the mapped cache's pages the kernel keeps while there is room and
 drops when memory is short), with the wall time. ``--limit-mb`` instead runs the training once
 inside a cgroup (v1 memory controller; root) whose limit counts the process's memory and its page
-cache together, set below what the faces held in memory would need.
+cache together, set below what the faces held in memory would need; the page cache is dropped
+first, so that the cgroup is charged for every page of the cache (and of the libraries) it reads.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def main() -> None:
             cgroup.mkdir()
             try:
                 (cgroup / "memory.limit_in_bytes").write_text(str(args.limit_mb * 2**20))
+                os.sync()
+                Path("/proc/sys/vm/drop_caches").write_text("1")
                 peak = run(command, work, env, cgroup)
                 used = int((cgroup / "memory.max_usage_in_bytes").read_text()) / 2**20
                 print(f"in a cgroup limited to {args.limit_mb} MB (memory and page cache): "

@@ -134,6 +134,16 @@ def test_the_cache_is_read_again_until_the_set_changes(ck, tmp_path, monkeypatch
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_a_damaged_cache_is_decoded_again(ck, tmp_path, caplog):
+    module(ck, tmp_path).setup()
+    [cache] = (tmp_path / "cache").iterdir()
+    (cache / "labels.npy").write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING):
+        data = module(ck, tmp_path)
+        data.setup()
+    assert "Ignoring the damaged cache" in caplog.text and len(data.datasets["fit"]) > 0
+
+
 def test_faces_are_detected_and_cropped_once(tmp_path, portrait, caplog):
     root = tmp_path / "jaffe"
     for folder in ("happy", "sad"):

@@ -90,7 +90,7 @@ class MappedSource(Source, Protocol):
 
 
 def load_mapped(source: MappedSource, table_type: type[T], name: str, title: str,
-                cache_dir: str | os.PathLike | None = None) -> T:
+                cache_dir: str | os.PathLike | None = None, retry: bool = True) -> T:
     """Like :func:`load_cached` for sets that may not fit in memory: ``source.read_into(store)``
     writes the arrays into a cache folder, which every run then reads memory-mapped."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -118,9 +118,17 @@ def load_mapped(source: MappedSource, table_type: type[T], name: str, title: str
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)
         _remove_stale(folder, prefix, title)
-    arrays = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False)
-              for f in sorted(folder.glob("*.npy"))}
-    return table_type(**arrays)
+    try:
+        arrays = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False)
+                  for f in sorted(folder.glob("*.npy"))}
+        return table_type(**arrays)
+    except (OSError, ValueError, TypeError) as err:
+        if not retry:
+            raise OSError(f"The {title} cache {folder} cannot be read ({err}) even after "
+                          "decoding again; remove it and check the disk.") from err
+        log.warning("Ignoring the damaged cache %s (%s); decoding again.", folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return load_mapped(source, table_type, name, title, cache_dir, retry=False)
 
 
 def _path_key(path: Path) -> str:
