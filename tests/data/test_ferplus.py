@@ -26,7 +26,6 @@ from ferlab.data.labels import VOCABULARY
 from ferlab.data.sources import DataFormatError, DataNotFoundError
 from ferlab.losses import ClassificationLoss
 from ferlab.training import train
-from tests.conftest import USER_CACHE
 from tests.fer_fixtures import (
     make_faces,
     make_votes,
@@ -285,14 +284,19 @@ REAL = Path(os.environ.get("FERLAB_FERPLUS",
 @pytest.mark.skipif(not (REAL / "FER2013Train" / "label.csv").is_file(),
                     reason=f"FER+ not found at {REAL}")
 def test_real_ferplus_votes_and_majorities():
-    """The copy beside the project: its MANIFEST's counts, and the two vote files' disagreement."""
-    label = load_cached(locate_ferplus(REAL), VoteTable, "ferplus-label", "FER+", USER_CACHE)
-    new = load_cached(locate_ferplus(REAL, "fer2013new.csv"), VoteTable, "ferplus-fer2013new",
-                      "FER+", USER_CACHE)
-    assert len(label) == 35_710 and (label.sources == new.sources).all()
-    for i, (faces, differ) in enumerate([(28_558, 1_073), (3_579, 246), (3_573, 283)]):
-        part = label.splits == i
-        assert part.sum() == faces
-        assert (label.votes[part] != new.votes[part]).any(axis=1).sum() == differ
-    _, keep = majority_labels(label.select("test").votes)
-    assert keep.sum() == 3_137
+    """The copy beside the project: its MANIFEST's counts, and the two vote files' disagreement
+    (read without decoding a face)."""
+    from ferlab.data.ferplus import FOLDERS, _read_label_csv, _read_votes_csv
+
+    new = _read_votes_csv(REAL / "fer2013new.csv")
+    revised = {(usage, name): row for usage, name, row in zip(
+        new["Usage"], new["Image name"], new[list(new.columns[2:])].to_numpy(dtype=int))}
+    usages = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+    for split, faces, differ in [("train", 28_558, 1_073), ("val", 3_579, 246),
+                                 ("test", 3_573, 283)]:
+        names, votes = _read_label_csv(REAL / FOLDERS[split] / "label.csv")
+        assert len(names) == faces == len(list((REAL / FOLDERS[split]).glob("*.png")))
+        assert sum((votes[i] != revised[(usages[split], n)]).any()
+                   for i, n in enumerate(names)) == differ
+        if split == "test":
+            assert majority_labels(votes)[1].sum() == 3_137
