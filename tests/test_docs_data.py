@@ -1,4 +1,4 @@
-"""docs/data.md's commands, exactly as written, on generated sets: FER+, a folder set, ten
+"""docs/data.md's commands, exactly as written, on generated sets: FER+, a folder set, five
 subject-independent folds fine-tuned from the shipped model, a mixture."""
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def test_the_data_guides_commands_as_written(tmp_path, csv_root):
     assert "test/recall/contempt" in ferplus_run  # eight classes
     [report] = (runs / "eval").glob("*/metrics.json")
     assert json.loads(report.read_text())["datasets"]["test"]["n"] > 0
-    [folds] = runs.rglob("folds.csv")  # the ten-fold multirun's summary
+    [folds] = runs.rglob("folds.csv")  # the k-fold multirun's summary
     table = folds.read_text().splitlines()
-    assert table[0].startswith("folds,") and table[1].startswith("10,")
+    assert table[0].startswith("folds,") and table[1].startswith("5,")
     summary = (folds.parent / "summary.md").read_text()
     assert "Across folds (mean ± sd)" in summary
     [job_log] = folds.parent.glob("0_*/train.log")  # the first fold: the head starts afresh

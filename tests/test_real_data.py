@@ -51,14 +51,15 @@ def test_known_quirks_are_read(real_table):
 
 
 def test_short_real_training_beats_chance(make_cfg, tmp_path):
-    """One epoch of the baseline on all 28,709 training faces."""
+    """Half an epoch of the baseline (112 batches drawn from all 28,709 training faces)."""
     cfg = make_cfg([f"data.root={REAL_DATA}", "model=baseline", "trainer.max_epochs=1",
+                    "trainer.limit_train_batches=112",
                     "data.batch_size=128", "data.eval_batch_size=512", "module/optimizer=adamw",
                     "module.optimizer.lr=0.002",
                     f"paths.cache={USER_CACHE}"])
     metrics = train(cfg)
     majority = max(COUNTS["val"]) / sum(COUNTS["val"])  # always "happy": 0.249
-    # measured: val 0.362, test 0.355 (uniform guessing: 0.143)
+    # measured: val 0.338, test 0.327 (a whole epoch: 0.362, 0.355; uniform guessing: 0.143)
     assert metrics["val/acc"] > majority + 0.06
     assert metrics["test/acc"] > majority + 0.06
     assert metrics["val/acc_top2"] > metrics["val/acc"]
