@@ -28,7 +28,13 @@ import pandas as pd
 
 from ferlab.data.cache import load_cached
 from ferlab.data.labels import CONTEMPT, EMOTIONS, SPLITS, USAGE_TO_SPLIT, VOCABULARY
-from ferlab.data.sources import DataFormatError, DataNotFoundError, decode_face, read_csv
+from ferlab.data.sources import (
+    DataFormatError,
+    DataNotFoundError,
+    SplitTable,
+    decode_face,
+    read_csv,
+)
 from ferlab.progress import track
 
 log = logging.getLogger(__name__)
@@ -56,23 +62,13 @@ WHERE_TO_GET = (
 
 
 @dataclass(frozen=True)
-class VoteTable:
+class VoteTable(SplitTable):
     """All faces of a FER+ copy: uint8 pixels, ten vote counts each, split ids and origins."""
 
     faces: np.ndarray  # (N, 48, 48) uint8
     votes: np.ndarray  # (N, 10) int16, FER+'s order (VOTE_NAMES)
     splits: np.ndarray  # (N,) int8, index into SPLITS
     sources: np.ndarray  # (N,) str, "FER2013Train/fer0000000.png" or "fer2013.csv:line N"
-
-    def __len__(self) -> int:
-        return len(self.votes)
-
-    def select(self, split: str) -> VoteTable:
-        """The faces of one split ("train", "val" or "test")."""
-        if split not in SPLITS:
-            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-        keep = self.splits == SPLITS.index(split)
-        return VoteTable(self.faces[keep], self.votes[keep], self.splits[keep], self.sources[keep])
 
 
 @dataclass(frozen=True)

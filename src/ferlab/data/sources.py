@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -57,24 +57,30 @@ class DataFormatError(ValueError):
     """A FER2013 file exists but its content is not what the format promises."""
 
 
+class SplitTable:
+    """A dataclass of per-face arrays with a ``splits`` array (index into SPLITS)."""
+
+    splits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.splits)
+
+    def select(self, split: str):
+        """The faces of one split ("train", "val" or "test"): every array cut alike."""
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+        keep = self.splits == SPLITS.index(split)
+        return type(self)(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+
 @dataclass(frozen=True)
-class FaceTable:
+class FaceTable(SplitTable):
     """All faces of a FER2013 copy: uint8 pixels, FER2013 label ids, split ids and origins."""
 
     faces: np.ndarray  # (N, 48, 48) uint8
     labels: np.ndarray  # (N,) int64, FER2013 ids 0..6
     splits: np.ndarray  # (N,) int8, index into SPLITS
     sources: np.ndarray  # (N,) str, file path or "file.csv:line N"
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def select(self, split: str) -> FaceTable:
-        """The faces of one split ("train", "val" or "test")."""
-        if split not in SPLITS:
-            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-        keep = self.splits == SPLITS.index(split)
-        return FaceTable(self.faces[keep], self.labels[keep], self.splits[keep], self.sources[keep])
 
 
 @dataclass(frozen=True)
