@@ -160,14 +160,14 @@ def test_the_lock_refuses_a_second_process_even_before_any_checkpoint(tmp_path):
 def test_a_killed_and_resumed_run_reports_what_the_uninterrupted_one_does(tmp_path, csv_root):
     """kill -9 mid-run, resume=: metrics.json equals the uninterrupted run's (timings apart),
     val/acc_best included, which counts every sitting's epochs."""
-    args = [*QUICK, "trainer.max_epochs=20", "data.batch_size=8"]
+    args = [*QUICK, "trainer.max_epochs=12", "data.batch_size=8"]
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     result = run_cli([*args, f"hydra.run.dir={straight}"], tmp_path, csv_root)
     assert result.returncode == 0, result.stderr[-2000:]
     process = _start([*args, f"hydra.run.dir={cut}"], tmp_path, csv_root)
     log = cut / "train.log"
     try:
-        _wait_for(lambda: log.is_file() and "epoch 6/20" in log.read_text(), "epoch 6", process)
+        _wait_for(lambda: log.is_file() and "epoch 4/12" in log.read_text(), "epoch 4", process)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -94,8 +94,8 @@ def test_a_killed_optuna_study_continues_from_its_storage(tmp_path, csv_root):
 
     storage = f"sqlite:///{tmp_path / 'studies/optuna.db'}"
     # val/loss (lower is better) differs between the trials on tiny data, where accuracy does
-    # not; eight epochs make a trial last long enough to be caught running
-    args = [*OPTUNA, "hydra.sweeper.n_trials=4", f"storage={storage}", "++trainer.max_epochs=8",
+    # not; five epochs make a trial last long enough to be caught running
+    args = [*OPTUNA, "hydra.sweeper.n_trials=4", f"storage={storage}", "++trainer.max_epochs=5",
             "optimized_metric=val/loss", "hydra.sweeper.direction=minimize"]
     env = {**os.environ, "FERLAB_DATA": str(csv_root), "FERLAB_CACHE": str(tmp_path / "cache")}
     process = subprocess.Popen([sys.executable, "-m", "ferlab.train", *args], cwd=tmp_path,
