@@ -222,8 +222,8 @@ def main() -> None:
     print(f"ferlab: model {args.model}, tta={ours.tta}, backend {ours.backend} (and torch; int8: "
           f"its shipped int8 ONNX file), "
           f"{ours.precision}, Haar scale {haar.scale_factor} min "
-          f"{haar.min_size} px scanned at {haar.WINDOW / haar.min_size:.2f}x and <= "
-          f"{haar.max_side} px (no cap: no 640 px limit); fer: Haar scale 1.1 min 50 px at full "
+          f"{haar.min_size} px scanned at full size up to {haar.max_side} px, larger photos "
+          f"shrunk to it (no cap: no 640 px limit); fer: Haar scale 1.1 min 50 px at full "
           f"size, TFLite mini-Xception; {record['cores']} CPU cores")
     sizes = ", ".join(str(cv2.imread(str(p)).shape[:2]) for p in photos[:4])
     print(f"\n1. {args.photos} photos ({sizes} ...)")
@@ -272,8 +272,10 @@ def main() -> None:
 
     settings = {"full size, step 1.1, min 50 (fer)": full_size(False),
                 "full size, step 1.1, min 50, equalised": full_size(True)}
+    settings["ferlab default: full size, step 1.1, min 48"] = HaarDetector().detect
     for step in (1.05, 1.07, 1.1):
-        settings[f"ferlab scan 0.5x, step {step}, min 48"] = HaarDetector(scale_factor=step).detect
+        settings[f"ferlab shrink: 0.5x, step {step}, min 48"] = HaarDetector(
+            scale_factor=step, shrink=True).detect
     print(f"\n3. Haar settings on {len(greys)} staged faces (288x288 grey)")
     for name, detect in settings.items():
         per_image, found = rate(detect, greys)

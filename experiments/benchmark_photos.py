@@ -8,13 +8,18 @@ that is byte for byte a neutral one is left out, as its MANIFEST says), three pi
 same model and the same class prior:
 
 - ``analyze``: ``EmotionRecognizer(model).analyze(photo)``, the largest face (ferlab's pipeline);
+- ``analyze, shrunk scan 1.07``: the same with the detector ferlab had until 2026-12-06
+  (``HaarDetector(scale_factor=1.07, shrink=True)``);
 - ``naive``: OpenCV's Haar defaults on the full-size grey photo (``detectMultiScale(grey, 1.1, 5,
   minSize=(30, 30))``), the largest face, ``INTER_AREA`` to 48 px, then the same recognizer's
   ``predict_faces``: the usual hand-written pipeline.
 
 Printed per pipeline: faces found, correct, accuracy, and photos/s (decode, detect, crop,
 classify; the median of ``--repeat`` passes, one photo at a time, one thread pool as ferlab's
-defaults set it). Nothing is tuned on these photos' labels: they are 59 faces of 15 people.
+defaults set it). Then Haar settings side by side, each face cut from its largest box and
+classified as ``analyze()`` does: correct, detection alone in ms per photo (median of
+``--repeat`` passes on the decoded grey photos), and in how many photos the box is the naive
+one. Nothing is tuned on these photos' labels: they are 59 faces of 15 people.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ferlab.inference.detect import HaarDetector, find_faces
 from ferlab.inference.images import read_image
 from ferlab.inference.recognizer import EmotionRecognizer
 
@@ -73,8 +79,11 @@ def main() -> None:
     cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades)
                                         / "haarcascade_frontalface_default.xml"))
 
-    def by_analyze(path: Path) -> str | None:
-        faces = recognizer.analyze(path)
+    # the same model with the detector ferlab used until 2026-12-06 (a shrunk scan, step 1.07)
+    before = EmotionRecognizer(args.model, detector=HaarDetector(scale_factor=1.07, shrink=True))
+
+    def by_analyze(path: Path, on: EmotionRecognizer = recognizer) -> str | None:
+        faces = on.analyze(path)
         return faces[0]["label"] if faces else None
 
     def by_naive(path: Path) -> str | None:
@@ -83,26 +92,65 @@ def main() -> None:
             return None
         return classes[int(recognizer.predict_faces(face[None]).argmax())]
 
-    results = {}
-    for name, pipeline in (("analyze", by_analyze), ("naive", by_naive)):
-        times, labels = [], []
-        for _ in range(max(1, args.repeat)):
+    pipelines = {"analyze": by_analyze, "naive": by_naive,
+                 "analyze, shrunk scan 1.07": lambda path: by_analyze(path, before)}
+    times = {name: [] for name in pipelines}
+    labels = {}
+    for _ in range(max(1, args.repeat)):  # the pipelines in turn, so that drift hits all alike
+        for name, pipeline in pipelines.items():
             start = time.perf_counter()
-            labels = [pipeline(path) for path, _ in photos]
-            times.append(time.perf_counter() - start)
-        found = sum(label is not None for label in labels)
-        correct = sum(label == truth for label, (_, truth) in zip(labels, photos))
+            labels[name] = [pipeline(path) for path, _ in photos]
+            times[name].append(time.perf_counter() - start)
+    results = {}
+    for name in pipelines:
+        found = sum(label is not None for label in labels[name])
+        correct = sum(label == truth for label, (_, truth) in zip(labels[name], photos))
         results[name] = {"photos": len(photos), "found": found, "correct": correct,
                          "accuracy": round(correct / len(photos), 4),
-                         "photos_per_s": round(len(photos) / statistics.median(times), 1),
-                         "wrong": sorted(p.name for (p, truth), label in zip(photos, labels)
+                         "photos_per_s": round(len(photos) / statistics.median(times[name]), 1),
+                         "wrong": sorted(p.name for (p, truth), label in zip(photos, labels[name])
                                          if label != truth)}
         r = results[name]
-        print(f"{name:14s} found {found}/{len(photos)}  correct {correct}  acc {r['accuracy']:.4f}"
-              f"  {r['photos_per_s']:.1f} photos/s")
+        print(f"{name:26s} found {found}/{len(photos)}  correct {correct}  "
+              f"acc {r['accuracy']:.4f}  {r['photos_per_s']:.1f} photos/s")
+    variants = detector_variants(photos, recognizer, cascade, max(1, args.repeat))
     if args.record:
         args.record.write_text(json.dumps({"model": args.model, "prior": recognizer.prior,
-                                           "results": results}, indent=2) + "\n")
+                                           "results": results, "detectors": variants},
+                                          indent=2) + "\n")
+
+
+def detector_variants(photos, recognizer: EmotionRecognizer, cascade, repeat: int) -> dict:
+    greys = [read_image(path, grey=True) for path, _ in photos]
+    naive = [max(cascade.detectMultiScale(g, 1.1, 5, minSize=(30, 30)), key=lambda b: b[2] * b[3])
+             for g in greys]
+    variants = {"default (full size, 1.1, min 48)": HaarDetector(),
+                "shrunk scan, 1.07 (the default until 2026-12-06)":
+                    HaarDetector(scale_factor=1.07, shrink=True),
+                "shrunk scan, 1.1": HaarDetector(shrink=True),
+                "full size, 1.07, min 48": HaarDetector(scale_factor=1.07),
+                "full size, 1.15, min 48": HaarDetector(scale_factor=1.15)}
+    print("\nHaar settings (each face from its largest box, classified as analyze() does)")
+    table = {}
+    for name, detector in variants.items():
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            boxes = [detector.detect(g) for g in greys]
+            times.append(time.perf_counter() - start)
+        found = [find_faces(g, detector) for g in greys]
+        faces = [f[0][1] for f in found if f]
+        labels = recognizer.predict_faces(np.stack(faces)).argmax(1) if faces else []
+        kept = [truth for f, (_, truth) in zip(found, photos) if f]
+        correct = sum(recognizer.classes[int(i)] == truth for i, truth in zip(labels, kept))
+        same = sum(bool(b) and max(b, key=lambda r: r.area).as_list() == list(map(int, n))
+                   for b, n in zip(boxes, naive))
+        table[name] = {"found": len(faces), "correct": correct, "same_box_as_naive": same,
+                       "detect_ms": round(1000 * statistics.median(times) / len(greys), 2)}
+        r = table[name]
+        print(f"  {name:<50} found {r['found']}  correct {correct}  {r['detect_ms']:5.2f} ms/photo"
+              f"  naive box in {same}/{len(greys)}")
+    return table
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS
 from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.annotate import annotate
-from ferlab.inference.detect import CROP_MARGIN, make_detector
+from ferlab.inference.detect import (
+    CROP_MARGIN,
+    HAAR_MAX_SIDE,
+    HAAR_MIN_NEIGHBORS,
+    HAAR_MIN_SIZE,
+    HAAR_SCALE_FACTOR,
+    make_detector,
+)
 from ferlab.inference.images import MAX_PIXELS, ImageError, read_image
 from ferlab.inference.inputs import Input, VideoError, expand_inputs, read_video
 from ferlab.inference.recognizer import PRECISIONS, EmotionRecognizer
@@ -80,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "photos are not FER2013's mix) or train (the mix the model trained on, "
                         "as its FER2013 figures)")
     p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
-    p.add_argument("--min-face", type=POSITIVE_INT, default=48, help="smallest face side in pixels")
+    p.add_argument("--min-face", type=POSITIVE_INT, default=HAAR_MIN_SIZE,
+                   help="smallest face side in pixels")
     p.add_argument("--scale-factor", type=_number(float, 1, inclusive=False),
-                   default=1.07, help="Haar pyramid step")
-    p.add_argument("--min-neighbors", type=COUNT, default=5, help="Haar detection strictness")
-    p.add_argument("--detect-size", type=COUNT, default=640, metavar="PIXELS",
+                   default=HAAR_SCALE_FACTOR, help="Haar pyramid step")
+    p.add_argument("--min-neighbors", type=COUNT, default=HAAR_MIN_NEIGHBORS,
+                   help="Haar detection strictness")
+    p.add_argument("--detect-size", type=COUNT, default=HAAR_MAX_SIDE, metavar="PIXELS",
                    help="Haar scans images shrunk to this longer side (faster on large photos; "
                         "faces under 24 px there are missed); 0 scans at full resolution")
     p.add_argument("--margin", type=NON_NEGATIVE, default=CROP_MARGIN,

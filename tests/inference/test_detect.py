@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -36,10 +38,21 @@ def test_shrunk_scan_maps_boxes_back_to_the_image(big_portrait):
 
 
 def test_the_scan_size_cap_applies_to_large_images_only(portrait):
-    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)  # 600 px, scanned at 300 px for min 48
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)  # 600 px: under the cap, scanned as it is
     assert HaarDetector(max_side=640).detect(bgr) == HaarDetector(max_side=0).detect(bgr)
     small = cv2.resize(bgr, None, fx=0.5, fy=0.5)
     assert len(HaarDetector(min_size=24, max_side=0).detect(small)) == 1
+
+
+def test_the_default_scan_cuts_the_box_the_usual_opencv_call_gives(portrait):
+    """Up to max_side, the default boxes are detectMultiScale(grey, 1.1, 5)'s own (faces from
+    48 px); the shrunk scan finds the face too, on a coarser grid."""
+    grey = cv2.cvtColor(portrait, cv2.COLOR_RGB2GRAY)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    usual = [Box(*map(int, b)) for b in cascade.detectMultiScale(grey, 1.1, 5, minSize=(48, 48))]
+    assert HaarDetector().detect(grey) == usual and len(usual) == 1
+    [shrunk] = HaarDetector(shrink=True).detect(grey)
+    assert _iou(shrunk, usual[0]) > 0.8
 
 
 def test_grey_and_colour_inputs_find_the_same_face(portrait):
@@ -108,3 +121,27 @@ def test_grey_decode_of_a_corrupt_file_is_explained(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match="bad.jpg"):
         read_image(path, grey=True)
+
+
+# --- the development photographs beside the project ---------------------------------------------
+PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "photos_dev" / "yalefaces"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"the development photos are not at {PHOTOS}")
+def test_real_photos_are_cut_where_the_usual_opencv_pipeline_cuts_them():
+    """On every Yale photo (320x243 grey) the largest default box is the one of the usual
+    hand-written pipeline, detectMultiScale(grey, 1.1, 5, minSize=(30, 30))
+    (experiments/photo_pipeline: the shrunk scan's boxes cost two faces of 59)."""
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    detector = HaarDetector()
+    photos = sorted(p for p in PHOTOS.iterdir() if p.name.startswith("subject"))
+    assert len(photos) >= 150
+    for path in photos:
+        grey = read_image(path, grey=True)
+        usual = cascade.detectMultiScale(grey, 1.1, 5, minSize=(30, 30))
+        found = detector.detect(grey)
+        if len(usual) == 0 or max(usual, key=lambda b: b[2] * b[3])[2] < 48:
+            continue  # nothing the default looks for (faces under 48 px are skipped)
+        largest = max(found, key=lambda b: b.area)
+        assert largest == Box(*map(int, max(usual, key=lambda b: b[2] * b[3]))), path.name

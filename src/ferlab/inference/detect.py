@@ -40,26 +40,36 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Box]: ...
 
 
+# the Haar scan's defaults (the predict CLI shows the same): OpenCV's usual pyramid step and
+# neighbours, faces from FER2013's resolution up (experiments/photo_pipeline)
+HAAR_SCALE_FACTOR, HAAR_MIN_NEIGHBORS, HAAR_MIN_SIZE, HAAR_MAX_SIDE = 1.1, 5, 48, 640
+
+
 class HaarDetector:
     """OpenCV's frontal-face Haar cascade (shipped with opencv-python-headless < 5).
 
-    The image is scanned shrunk so that a ``min_size`` face fills the cascade's 24 px window
-    (nothing smaller is wanted, so nothing is lost that the scan would find), and at most
-    ``max_side`` pixels on its longer side; boxes come back in the original pixels. On a large
-    photo the smallest face found is then ``max(min_size, 24 * long side / max_side)`` pixels;
-    ``max_side=0`` (or None) lifts the cap, for small faces in large group photos.
-    Defaults (measured on FER2013 faces and photos, experiments/benchmarks): ``min_size`` 48
-    (FER2013's resolution: smaller faces are upsampled guesses), ``scale_factor`` 1.07 on the
-    shrunk scan finds as many faces as OpenCV's usual 1.1 at full size in about 70% of the time.
-    ``equalize``: histogram-equalise first (measured slower, with fewer faces found).
+    By default the scan is OpenCV's usual one (pyramid step 1.1, 5 neighbours) at the image's
+    own resolution, skipping faces under ``min_size`` (48 px: FER2013's resolution, smaller
+    faces are upsampled guesses): on photos up to ``max_side`` pixels (640) its boxes are the
+    ones ``cv2.CascadeClassifier.detectMultiScale(grey, 1.1, 5)`` gives, so a face is cut as
+    the usual hand-written pipeline cuts it (measured on real photos: a scan of a shrunk image
+    moves boxes by a pixel or two, and that cost accuracy; experiments/photo_pipeline). Larger
+    images are scanned shrunk to ``max_side`` on their longer side, boxes mapped back; there the
+    smallest face found is ``max(min_size, 24 * long side / max_side)`` pixels; ``max_side=0``
+    (or None) lifts the cap, for small faces in large group photos.
+    ``shrink``: scan the image shrunk so that a ``min_size`` face fills the cascade's 24 px
+    window (about 30% faster detection; boxes on a coarser grid). ``equalize``:
+    histogram-equalise first (measured slower, with fewer faces found).
     """
 
     color = False
     WINDOW = 24  # the cascade's base window: nothing smaller is found at any scale
 
     def __init__(self, cascade: str = "haarcascade_frontalface_default.xml",
-                 scale_factor: float = 1.07, min_neighbors: int = 5, min_size: int = 48,
-                 max_side: int | None = 640, equalize: bool = False) -> None:
+                 scale_factor: float = HAAR_SCALE_FACTOR,
+                 min_neighbors: int = HAAR_MIN_NEIGHBORS, min_size: int = HAAR_MIN_SIZE,
+                 max_side: int | None = HAAR_MAX_SIDE, equalize: bool = False,
+                 shrink: bool = False) -> None:
         if scale_factor <= 1.0 or min_neighbors < 0 or min_size < 1 or (max_side or 0) < 0:
             raise ValueError(f"Need scale_factor > 1, min_neighbors >= 0, min_size >= 1 and "
                              f"max_side >= 0; got {scale_factor}, {min_neighbors}, {min_size}, "
@@ -75,12 +85,12 @@ class HaarDetector:
                 "OpenCV 5 wheels do not: pip install 'opencv-python-headless<5'."
             )
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
-        self.max_side, self.equalize = max_side or 0, equalize
+        self.max_side, self.equalize, self.shrink = max_side or 0, equalize, shrink
 
     def detect(self, image: np.ndarray) -> list[Box]:
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
         height, width = grey.shape[:2]
-        scale = min(1.0, self.WINDOW / self.min_size)
+        scale = min(1.0, self.WINDOW / self.min_size) if self.shrink else 1.0
         if self.max_side:
             scale = min(scale, self.max_side / max(height, width))
         if scale < 1.0:
