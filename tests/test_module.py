@@ -249,6 +249,28 @@ def test_distillation_trains_without_keeping_the_teacher(make_cfg, tmp_path, tin
     assert artifacts.load(out).classes == EMOTIONS
 
 
+def test_an_ensemble_teaches_with_its_averaged_probabilities(make_cfg, tmp_path, tiny_model_file):
+    """module.teacher=[a, b] (or a shipped ensemble's name): one teacher whose logits are the
+    log of the members' averaged probabilities, as the ensemble itself averages them."""
+    import shutil
+
+    from ferlab.losses import AveragedTeacher
+    from ferlab.training import _load_teacher
+
+    a, b = VGG(stages=[[4]], hidden=[8]).eval(), VGG(stages=[[4]], hidden=[8]).eval()
+    x = torch.randn(3, 1, 48, 48)
+    expected = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
+    assert torch.allclose(AveragedTeacher([a, b])(x).exp(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="same classes"):
+        AveragedTeacher([a, VGG(num_classes=6, stages=[[4]], hidden=[8])])
+    shipped = _load_teacher("ensemble", 7)
+    assert isinstance(shipped, AveragedTeacher) and len(shipped.networks) == 2
+    teachers = [shutil.copy(tiny_model_file, tmp_path / f"t{i}.pt") for i in range(2)]
+    metrics = train(short_cfg(make_cfg, tmp_path / "run", [
+        "trainer.max_epochs=1", "test=false", f"module.teacher=[{teachers[0]},{teachers[1]}]"]))
+    assert metrics["train/distill_loss"] > 0
+
+
 def test_distillation_from_a_bad_teacher_is_explained(make_cfg, tmp_path, tiny_model_file):
     with pytest.raises(FileNotFoundError, match="module.teacher=.*nope.pt"):
         train(short_cfg(make_cfg, tmp_path / "a", [

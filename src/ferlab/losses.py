@@ -110,6 +110,24 @@ class Distillation(nn.Module):
         return (1 - self.weight) * hard + self.weight * soft
 
 
+class AveragedTeacher(nn.Module):
+    """Several trained networks as one teacher, combined as an ensemble combines them: the log
+    of their averaged probabilities, which the distillation loss takes as logits."""
+
+    def __init__(self, networks: list[nn.Module]) -> None:
+        super().__init__()
+        classes = {getattr(n, "num_classes", None) for n in networks}
+        if len(classes) != 1:
+            raise ValueError(f"An ensemble teacher's networks must predict the same classes; "
+                             f"got {sorted(map(str, classes))}.")
+        self.networks = nn.ModuleList(networks)
+        self.num_classes = classes.pop()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([F.softmax(n(x).float(), dim=1) for n in self.networks]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       temperature: float) -> torch.Tensor:
     """Hinton et al.'s soft-target loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)),

@@ -48,7 +48,7 @@ class EmotionModule(L.LightningModule):
     ``(1 - w) * CE + w * T^2 * KL(teacher_T || student_T)`` with ``w = distill_weight`` and
     temperature ``T = distill_temperature``. The teacher is not part of the module's state, so
     checkpoints, EMA and the optimiser never see it. (The config names it by file:
-    ``module.teacher=<model file or .ckpt>``, which ``ferlab.train`` reads.)
+    ``module.teacher=<model file, .ckpt or ensemble>``, which ``ferlab.train`` reads.)
 
     ``progressive_resize`` (None = off) is a list of ``[epoch, size]`` steps: from each epoch on,
     training faces (after augmentation) are resized to ``size`` x ``size``, e.g.

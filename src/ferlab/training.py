@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ferlab import artifacts, rundir, trackers
 from ferlab.artifacts import CONFIG_KEY, find_checkpoint, read_torch_file
@@ -32,6 +32,7 @@ from ferlab.config import flatten, override_key
 from ferlab.data.labels import class_names
 from ferlab.data.sources import DataFormatError, DataNotFoundError
 from ferlab.files import remove_stale_temps, write_json
+from ferlab.losses import AveragedTeacher
 from ferlab.precision import slow_bf16_reason
 from ferlab.sweep import job_trial
 
@@ -271,10 +272,20 @@ def _init_weights(network: torch.nn.Module, source: str, model_cfg: DictConfig,
     log.info("Network weights initialised from %s", source)
 
 
-def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | None:
-    """The trained network that module.teacher names, for knowledge distillation."""
+def _load_teacher(source, num_classes: int) -> torch.nn.Module | None:
+    """The trained network that module.teacher names, for knowledge distillation: one model, or
+    an ensemble (a shipped ensemble's name or a list of models) averaged as one teacher."""
     if not source:
         return None
+    if isinstance(source, ListConfig):
+        source = list(source)
+    members = artifacts.ensemble_members(source)
+    networks = [_teacher_network(member, num_classes) for member in members]
+    log.info("Distilling from %s", source)
+    return networks[0] if len(networks) == 1 else AveragedTeacher(networks)
+
+
+def _teacher_network(source, num_classes: int) -> torch.nn.Module:
     try:
         teacher = artifacts.load(source).network
     except (FileNotFoundError, ValueError) as err:
@@ -287,7 +298,6 @@ def _load_teacher(source: str | None, num_classes: int) -> torch.nn.Module | Non
     if getattr(teacher, "num_classes", num_classes) != num_classes:
         raise ValueError(f"module.teacher={source} predicts {teacher.num_classes} classes, this "
                          f"run {num_classes}; distil from a teacher of the same class view.")
-    log.info("Distilling from %s", source)
     return teacher
 
 
