@@ -271,6 +271,23 @@ def test_an_ensemble_teaches_with_its_averaged_probabilities(make_cfg, tmp_path,
     assert metrics["train/distill_loss"] > 0
 
 
+def test_with_progressive_resizing_the_teacher_sees_the_faces_at_their_own_size():
+    """The student trains on 24 px faces; the teacher, which learnt 48 px faces, sees those."""
+    seen = []
+
+    class Teacher(VGG):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    module = _module(VGG(stages=[[4], [8]], hidden=[8], head="gap"),
+                     teacher=Teacher(stages=[[4]], hidden=[8]), progressive_resize=[[0, 24]],
+                     mixup_alpha=0.2, mix_prob=1.0)
+    x, y = torch.rand(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
+    loss = module._step((x, y), "train")
+    assert torch.isfinite(loss) and seen == [(48, 48)]
+
+
 def test_distillation_from_a_bad_teacher_is_explained(make_cfg, tmp_path, tiny_model_file):
     with pytest.raises(FileNotFoundError, match="module.teacher=.*nope.pt"):
         train(short_cfg(make_cfg, tmp_path / "a", [

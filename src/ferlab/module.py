@@ -55,6 +55,8 @@ class EmotionModule(L.LightningModule):
     ``[[0, 32], [20, 48]]`` trains the first 20 epochs on 32-pixel faces (less than half the
     compute of 48) and the rest at full size. Validation and test always see the faces as they
     are. The network must take every size (a global-pooling head does; a flatten head does not).
+    Mixup / cutmix mix the faces at their own size, before the resize; a teacher sees them at
+    that size too, as it learnt them.
     """
 
     def __init__(
@@ -131,16 +133,17 @@ class EmotionModule(L.LightningModule):
         x, y = batch
         target = y
         training = stage == "train"
-        if training and self.resize_steps:
-            x = self._resize(x, self.train_size(self.current_epoch))
         if training:
             x, target = self.mixing(x, y)
+        faces = x  # at their own size: a teacher sees them as it learnt them
+        if training and self.resize_steps:
+            x = self._resize(x, self.train_size(self.current_epoch))
         if target.ndim == 2:  # soft targets (B, C): accuracy counts the dominant class
             y = target.argmax(dim=1)
         logits = self(x)
         loss = self.criterion(logits, target, training)
         if training and self.distillation is not None:
-            soft = self.distillation.soft_loss(logits, x)
+            soft = self.distillation.soft_loss(logits, faces)
             self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(y),
                      sync_dist=True)
             loss = self.distillation.combine(loss, soft)
