@@ -333,7 +333,8 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 def test_every_experiment_config_trains_and_restores(make_cfg, tmp_path, experiment):
     out = tmp_path / "run"
     cfg = make_cfg([f"experiment={experiment}", "trainer.max_epochs=2", "data.batch_size=4",
-                    "trainer.precision=32-true"], output_dir=out)
+                    "trainer.precision=32-true", "trainer.limit_train_batches=3",
+                    "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"], output_dir=out)
     # a second-stage recipe starts from a model; a distillation recipe learns from one
     for key in ("init_from", "module.teacher"):
         if OmegaConf.is_missing(cfg, key):
