@@ -58,7 +58,8 @@ class HaarDetector:
     smallest face found is ``max(min_size, 24 * long side / max_side)`` pixels; ``max_side=0``
     (or None) lifts the cap, for small faces in large group photos.
     ``shrink``: scan the image shrunk so that a ``min_size`` face fills the cascade's 24 px
-    window (about 30% faster detection; boxes on a coarser grid). ``equalize``:
+    window (detection about a third faster on the development photos; boxes on a coarser grid
+    that cost two faces of 59 there). ``equalize``:
     histogram-equalise first (measured slower, with fewer faces found).
     """
 
@@ -155,8 +156,9 @@ class BlazeFaceDetector:
     ``threshold`` are merged by weighted non-maximum suppression (MediaPipe's own settings:
     0.5 and IoU 0.3). BlazeFace's box runs from the brows to the chin; FER2013's framing is the
     Haar box, so each box is turned into the Haar box of the same face: ``SIDE`` times the
-    larger side, its centre moved down by ``SHIFT`` of that (both measured on the development
-    photos' boxes, no labels used: experiments/photo_pipeline). Faces under ``min_size`` pixels
+    larger side, its centre moved by ``SHIFT`` of that side (negative: up, to take in the
+    forehead; both measured on the development photos' boxes, no labels used:
+    experiments/photo_pipeline). Faces under ``min_size`` pixels
     (of that Haar-like side) are dropped.
     """
 
