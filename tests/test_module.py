@@ -271,6 +271,7 @@ def test_an_ensemble_teaches_with_its_averaged_probabilities(make_cfg, tmp_path,
     assert metrics["train/distill_loss"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step without a Trainer
 def test_with_progressive_resizing_the_teacher_sees_the_faces_at_their_own_size():
     """The student trains on 24 px faces; the teacher, which learnt 48 px faces, sees those."""
     seen = []
