@@ -336,3 +336,22 @@ def test_a_run_inside_the_repository_is_recorded_by_its_relative_path(tmp_path, 
         "data: {num_classes: 7, train_splits: [train]}\ntrainer: {precision: 32-true}\n")
     study = json.loads((record.add("st/s", run, "q?", None) / "study.json").read_text())
     assert study["train"]["test/ckpt"] == "runs/r/checkpoints/best.ckpt"
+
+
+def test_the_speed_accuracy_figure_is_drawn_from_the_benchmarks_record(tmp_path, monkeypatch):
+    """docs/speed_accuracy.png comes from experiments/deployment/benchmark.json; its curve is
+    the rows no other row beats on both speed and accuracy."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import speed_accuracy
+
+    rows = [{"model": m, "engine": "ONNX Runtime int8", "tta": "none", "acc": a,
+             "faces_s_batch1": f} for m, a, f in [("a", 0.70, 100), ("b", 0.72, 50),
+                                                 ("c", 0.69, 90), ("fer", 0.66, 1900)]]
+    assert [r["model"] for r in speed_accuracy.frontier(rows)] == ["fer", "a", "b"]
+    record = json.loads((ROOT / "experiments/deployment/benchmark.json").read_text())
+    best = speed_accuracy.draw(record, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    assert best[0]["model"] == "fer" and max(r["acc"] for r in best) == max(
+        r["acc"] for r in record["classification"])
+    assert (ROOT / "docs/speed_accuracy.png").is_file()
+    assert "![PrivateTest accuracy against faces/s" in (ROOT / "docs/deployment.md").read_text()
