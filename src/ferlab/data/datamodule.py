@@ -21,7 +21,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from ferlab.data.cache import load_faces, load_mapped
+from ferlab.data.cache import default_cache_dir, load_faces, load_mapped
 from ferlab.data.ferplus import (
     VOTE_FILES,
     VOTE_NAMES,
@@ -40,6 +40,7 @@ from ferlab.data.folders import (
 )
 from ferlab.data.labels import SPLITS, class_names, remap_labels
 from ferlab.data.sources import FaceTable, locate
+from ferlab.data.teacher import teacher_probabilities
 from ferlab.data.transforms import BatchAugment, preprocess
 
 log = logging.getLogger(__name__)
@@ -127,9 +128,17 @@ class FER2013DataModule(L.LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         num_workers: int = 0,
         balanced_sampling: bool = False,
+        teacher: str | Sequence[str] | None = None,
+        teacher_weight: float = 0.7,
     ) -> None:
         super().__init__()
         self.class_names = class_names(num_classes)  # validates num_classes
+        if teacher and type(self) is not FER2013DataModule:
+            raise ValueError(f"data.teacher distils on FER2013's faces and labels; for "
+                             f"{self.title} use module.teacher=<model> (the teacher then runs "
+                             "on every training batch).")
+        if not 0.0 < teacher_weight <= 1.0:
+            raise ValueError(f"data.teacher_weight must be in (0, 1]; got {teacher_weight}.")
         if num_classes not in self.views:
             raise ValueError(f"{type(self).__name__} trains the class views with "
                              f"{' or '.join(map(str, self.views))} classes; got num_classes="
@@ -151,6 +160,10 @@ class FER2013DataModule(L.LightningDataModule):
         # draw training faces with probability 1 / (their class's count): every class equally
         # often on average, so the network does not learn the training mix as a prior
         self.balanced_sampling = balanced_sampling
+        # distillation with the teacher's answers computed once: each training target is
+        # teacher_weight of its probabilities and the rest the face's label
+        self.teacher = list(teacher) if teacher and not isinstance(teacher, str) else teacher
+        self.teacher_weight = teacher_weight
         self.datasets: dict[str, FaceBatches] = {}
 
     def check_source(self) -> None:
@@ -167,7 +180,13 @@ class FER2013DataModule(L.LightningDataModule):
         """One split's faces and targets: for training (the fit set) or for evaluation."""
         part = table.select(split)
         faces = torch.from_numpy(np.ascontiguousarray(part.faces)).unsqueeze(1)
-        return FaceBatches(faces, torch.from_numpy(remap_labels(part.labels, self.num_classes)))
+        labels = torch.from_numpy(remap_labels(part.labels, self.num_classes))
+        if training and self.teacher:
+            taught = teacher_probabilities(self.teacher, part.faces, self.num_classes,
+                                           self.cache_dir or default_cache_dir())
+            labels = (self.teacher_weight * torch.from_numpy(taught)
+                      + (1 - self.teacher_weight) * F.one_hot(labels, self.num_classes).float())
+        return FaceBatches(faces, labels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
