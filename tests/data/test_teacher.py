@@ -60,3 +60,22 @@ def test_a_teacher_is_refused_where_it_cannot_teach(csv_root, tmp_path):
         FER2013DataModule(csv_root, teacher="default", teacher_weight=0)
     with pytest.raises(ValueError, match="module.teacher"):
         FERPlusDataModule(tmp_path, teacher="default")
+
+
+def test_the_teacher_answers_once_for_all_the_training_splits(csv_root, tmp_path,
+                                                              tiny_model_file, monkeypatch):
+    calls = []
+    original = EmotionRecognizer.predict_faces
+
+    def counted(self, faces, *args, **kwargs):
+        calls.append(len(faces))
+        return original(self, faces, *args, **kwargs)
+
+    monkeypatch.setattr(EmotionRecognizer, "predict_faces", counted)
+    dm = FER2013DataModule(csv_root, batch_size=8, teacher=str(tiny_model_file),
+                           train_splits=["train", "val"], cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("fit")
+    fit = dm.datasets["fit"]
+    assert calls == [len(fit)] and fit.labels.shape == (len(fit), 7)
+    assert len(fit) == len(dm.datasets["train"]) + len(dm.datasets["val"])

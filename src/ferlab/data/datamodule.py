@@ -181,12 +181,16 @@ class FER2013DataModule(L.LightningDataModule):
         part = table.select(split)
         faces = torch.from_numpy(np.ascontiguousarray(part.faces)).unsqueeze(1)
         labels = torch.from_numpy(remap_labels(part.labels, self.num_classes))
-        if training and self.teacher:
-            taught = teacher_probabilities(self.teacher, part.faces, self.num_classes,
-                                           self.cache_dir or default_cache_dir())
-            labels = (self.teacher_weight * torch.from_numpy(taught)
-                      + (1 - self.teacher_weight) * F.one_hot(labels, self.num_classes).float())
         return FaceBatches(faces, labels)
+
+    def _taught(self, fit: FaceBatches) -> FaceBatches:
+        """The fit set with each target ``teacher_weight`` of the teacher's probabilities and the
+        rest the face's label (the teacher answers once for all the training splits)."""
+        taught = teacher_probabilities(self.teacher, fit.faces[:, 0].numpy(), self.num_classes,
+                                       self.cache_dir or default_cache_dir())
+        labels = (self.teacher_weight * torch.from_numpy(taught)
+                  + (1 - self.teacher_weight) * F.one_hot(fit.labels, self.num_classes).float())
+        return FaceBatches(fit.faces, labels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -203,6 +207,8 @@ class FER2013DataModule(L.LightningDataModule):
             self.datasets[split] = data.reordered(order)
         train = [self._split_dataset(table, s, training=True) for s in self.train_splits]
         self.datasets["fit"] = type(train[0]).join(train)
+        if self.teacher:
+            self.datasets["fit"] = self._taught(self.datasets["fit"])
         log.info("%s from %s: %s", self.title, self.root,
                  ", ".join(f"{s}={len(self.datasets[s])}" for s in ("fit", *SPLITS)))
 
