@@ -6,6 +6,7 @@ model run with ai-edge-litert in place of TensorFlow), in one run on the same im
     pip install backports.strenum flatbuffers ml_dtypes
     python experiments/benchmark_inference.py [--photos 40] [--staged 1000] [--precision bf16]
                                               [--model cpu-trained] [--record FILE.json]
+                                              [--extra NAME=FILE ...]
 
 1. Photos: real photographs that ship inside PyPI packages (matplotlib's Grace Hopper portrait)
    at four sizes, mirrored or not, written as JPEG files so decoding is timed too; ferlab with
@@ -22,7 +23,9 @@ model run with ai-edge-litert in place of TensorFlow), in one run on the same im
    ensemble on PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 (the shipped *-int8
    files), with and without flip TTA: PrivateTest accuracy, and faces/s at batch 1 and batch 64
    through `predict_faces`; fer's own classifier on each face resized to its 64x64 input with
-   its own scaling, one at a time (the path `detect_emotions` uses after detection).
+   its own scaling, one at a time (the path `detect_emotions` uses after detection). Shipped
+   models that exist as one file only, and candidates named with ``--extra NAME=FILE`` (a model
+   file not shipped yet), on the engine their file loads on.
 5. What folding the batch norms into the convolutions buys (EmotionRecognizer does it at load):
    ferlab's classification on PyTorch with the folded network against the network as stored.
 """
@@ -146,24 +149,42 @@ def faces_per_second(recognizer: EmotionRecognizer, faces: np.ndarray, batch: in
     return float(np.median(rates)), probs
 
 
+def engine_of(recognizer: EmotionRecognizer) -> str:
+    """The engine row name of a single model's recognizer: its backend and its precision."""
+    if recognizer.backend == "torch":
+        return f"PyTorch {recognizer.precision}"
+    run = recognizer.models[0].run
+    metadata = run.metadata if hasattr(run, "metadata") else {}
+    return f"ONNX Runtime {metadata.get('ferlab.precision', 'fp32')}"
+
+
 def classification_table(faces: np.ndarray, labels: np.ndarray, batch1: int,
-                         models: list[str]) -> list[dict]:
-    """Section 4: accuracy and faces/s of each model x engine x TTA."""
-    rows = []
+                         models: list[str], files: dict[str, str] | None = None) -> list[dict]:
+    """Section 4: accuracy and faces/s of each model x engine x TTA; then of each model of
+    ``files`` (name -> a shipped name or a model file that has one engine: an int8 ONNX file,
+    or a candidate not shipped yet) on the engine it loads on."""
+    recognizers = []
     for model in models:
         for engine, (suffix, backend) in ENGINES.items():
             # the models as trained (the cards' figures); a prior costs nothing in time
-            recognizer = EmotionRecognizer(model + suffix, backend=backend, prior="train")
-            for tta in ("none", "flip"):
-                recognizer.tta = tta
-                rate64, probs = faces_per_second(recognizer, faces, 64, repeats=1)
-                rate1, _ = faces_per_second(recognizer, faces[:batch1], 1)
-                row = {"model": model, "engine": engine, "tta": tta, "file": model + suffix,
-                       "acc": float(np.mean(probs.argmax(1) == labels)),
-                       "faces_s_batch1": rate1, "faces_s_batch64": rate64}
-                rows.append(row)
-                print(f"  {model:<12} {engine:<18} {tta:<5} acc {row['acc']:.4f}  "
-                      f"{rate1:7.0f} faces/s at batch 1  {rate64:7.0f} at batch 64", flush=True)
+            recognizers.append((model, engine, model + suffix,
+                                EmotionRecognizer(model + suffix, backend=backend,
+                                                  prior="train")))
+    for model, source in (files or {}).items():
+        recognizer = EmotionRecognizer(source, prior="train")
+        recognizers.append((model, engine_of(recognizer), str(source), recognizer))
+    rows = []
+    for model, engine, file, recognizer in recognizers:
+        for tta in ("none", "flip"):
+            recognizer.tta = tta
+            rate64, probs = faces_per_second(recognizer, faces, 64, repeats=1)
+            rate1, _ = faces_per_second(recognizer, faces[:batch1], 1)
+            row = {"model": model, "engine": engine, "tta": tta, "file": file,
+                   "acc": float(np.mean(probs.argmax(1) == labels)),
+                   "faces_s_batch1": rate1, "faces_s_batch64": rate64}
+            rows.append(row)
+            print(f"  {model:<12} {engine:<18} {tta:<5} acc {row['acc']:.4f}  "
+                  f"{rate1:7.0f} faces/s at batch 1  {rate64:7.0f} at batch 64", flush=True)
     return rows
 
 
@@ -186,9 +207,15 @@ def main() -> None:
                         help="the model of sections 1-3 and 5: a shipped model name (" +
                         ", ".join(SHIPPED_MODELS) + ") or a model file, checkpoint or run "
                         "directory")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
+                        help="a model not shipped (a candidate), classified in section 4 beside "
+                        "the shipped ones under NAME; repeatable")
     parser.add_argument("--record", type=Path, metavar="FILE.json",
                         help="also write the figures of sections 1, 2 and 4 as JSON")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.extra if "=" in item)
+    if len(extra) != len(args.extra):
+        parser.error("--extra takes NAME=FILE, e.g. --extra fast=fast_int8.onnx")
     if args.threads:
         torch.set_num_threads(args.threads)
     record: dict = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or
@@ -287,8 +314,12 @@ def main() -> None:
         faces, labels = faces[: args.faces], labels[: args.faces]
     print(f"\n4. classification alone, {len(faces)} PrivateTest faces ({args.batch1_faces} of "
           "them one at a time)")
+    # single-file shipped models: the ONNX files that are not a PyTorch model's int8 copy
+    single = {name: name for name, file in SHIPPED_MODELS.items()
+              if name not in TORCH_MODELS and name.removesuffix("-int8") not in TORCH_MODELS}
     record["classification"] = classification_table(faces, labels, args.batch1_faces,
-                                                    [*TORCH_MODELS, *SHIPPED_ENSEMBLES][:3])
+                                                    [*TORCH_MODELS, *SHIPPED_ENSEMBLES][:3],
+                                                    {**single, **extra})
     if theirs is not None:
         fer_rate, fer_probs = rate(lambda face: fer_classify(theirs, face[None])[0], list(faces))
         fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))

@@ -355,3 +355,22 @@ def test_the_speed_accuracy_figure_is_drawn_from_the_benchmarks_record(tmp_path,
         r["acc"] for r in record["classification"])
     assert (ROOT / "docs/speed_accuracy.png").is_file()
     assert "![PrivateTest accuracy against faces/s" in (ROOT / "docs/deployment.md").read_text()
+
+
+def test_the_inference_benchmark_times_a_candidate_beside_the_shipped_models(
+        tmp_path, monkeypatch, tiny_model_file, csv_root):
+    """benchmark_inference.py --extra NAME=FILE: a model file not shipped gets section 4's rows
+    (both TTAs) on the engine its file loads on, named NAME."""
+    from ferlab.data import load_faces
+    from ferlab.inference.model_file import export_onnx
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import benchmark_inference
+
+    onnx_file = export_onnx(tiny_model_file, tmp_path / "candidate.onnx", tta="none").path
+    test = load_faces(csv_root, tmp_path / "cache").select("test")
+    rows = benchmark_inference.classification_table(test.faces, test.labels, 4, [],
+                                                    {"fast": str(onnx_file)})
+    assert [(r["model"], r["engine"], r["tta"]) for r in rows] == [
+        ("fast", "ONNX Runtime fp32", "none"), ("fast", "ONNX Runtime fp32", "flip")]
+    assert all(0 <= r["acc"] <= 1 and r["faces_s_batch1"] > 0 for r in rows)
