@@ -209,7 +209,7 @@ class EmotionRecognizer:
     @torch.inference_mode()
     def _probabilities(self, faces: torch.Tensor) -> np.ndarray:
         x = preprocess(faces.to(self.device))  # the one preprocessing, for every engine
-        total = 0
+        each = []
         for model in self.models:
             if model.backend == "torch":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -218,8 +218,10 @@ class EmotionRecognizer:
                         model.run, x.contiguous(memory_format=torch.channels_last), self.tta)
             else:
                 probs = predict_probabilities(model.run, x, self.tta)
-            total = total + priors.adjust(probs.cpu(), model.prior_factor)
-        return (total / len(self.models)).numpy()
+            each.append(priors.adjust(probs.cpu(), model.prior_factor))
+        # one model: its probabilities as they are (no tensor ops for nothing: one face at a
+        # time, each costs about as much as a small network's layer)
+        return (each[0] if len(each) == 1 else sum(each) / len(each)).numpy()
 
     # --- whole images ------------------------------------------------------------------------
     @property
@@ -283,7 +285,9 @@ def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: to
     Views go through the network as one batch while that stays small (one call is much
     cheaper than several for the few faces of a photo)."""
     views = tta_views(x, tta)
-    if len(views) > 1 and len(x) * len(views) <= 1024:
+    if len(views) == 1:
+        return _softmax(network(x).float())
+    if len(x) * len(views) <= 1024:
         logits = network(torch.cat(views)).float().view(len(views), len(x), -1)
         return _softmax(logits).mean(0)
     return sum(_softmax(network(v).float()) for v in views) / len(views)
