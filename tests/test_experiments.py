@@ -351,8 +351,10 @@ def test_the_speed_accuracy_figure_is_drawn_from_the_benchmarks_record(tmp_path,
     record = json.loads((ROOT / "experiments/deployment/benchmark.json").read_text())
     best = speed_accuracy.draw(record, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 10_000
-    assert best[0]["model"] == "fer" and max(r["acc"] for r in best) == max(
-        r["acc"] for r in record["classification"])
+    rows = record["classification"]
+    assert best[0]["faces_s_batch1"] == max(r["faces_s_batch1"] for r in rows)
+    assert max(r["acc"] for r in best) == max(r["acc"] for r in rows)
+    assert any(r["model"] == "fer" for r in rows)
     assert (ROOT / "docs/speed_accuracy.png").is_file()
     assert "![PrivateTest accuracy against faces/s" in (ROOT / "docs/deployment.md").read_text()
 

@@ -1,5 +1,6 @@
 """Draw docs/speed_accuracy.png: PrivateTest accuracy against faces/s classified one face at a
-time, for every shipped model on every engine, with and without flip TTA, and for `fer`, from
+time, for every shipped model on every engine, with and without flip TTA, for a candidate the
+benchmark ran beside them (``--extra``, labelled not shipped), and for `fer`, from
 ``experiments/benchmark_inference.py``'s record (one run on one machine); the models no other
 row beats on both speed and accuracy are joined into the curve.
 
@@ -18,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ferlab.artifacts import SHIPPED_ENSEMBLES, SHIPPED_MODELS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,10 +36,12 @@ def label(row: dict) -> str:
     if row["model"] == "fer":
         return "fer (TFLite int8)"
     engine = row["engine"].replace("ONNX Runtime ", "ORT ").replace("PyTorch ", "torch ")
-    return f"{row['model']} {engine}" + (", flip" if row["tta"] == "flip" else "")
+    shipped = row["model"] in SHIPPED_MODELS or row["model"] in SHIPPED_ENSEMBLES
+    return (f"{row['model']}{'' if shipped else ' (not shipped)'} {engine}"
+            + (", flip" if row["tta"] == "flip" else ""))
 
 
-COLOURS = {"default": "C0", "cpu-trained": "C1", "ensemble": "C2", "fer": "C3"}
+COLOURS = {"default": "C0", "cpu-trained": "C1", "ensemble": "C2", "fer": "C3", "fast": "C4"}
 MARKERS = {"PyTorch fp32": "x", "ONNX Runtime fp32": "o", "ONNX Runtime int8": "s",
            "TFLite int8": "*"}
 
