@@ -180,8 +180,7 @@ class FER2013DataModule(L.LightningDataModule):
         """One split's faces and targets: for training (the fit set) or for evaluation."""
         part = table.select(split)
         faces = torch.from_numpy(np.ascontiguousarray(part.faces)).unsqueeze(1)
-        labels = torch.from_numpy(remap_labels(part.labels, self.num_classes))
-        return FaceBatches(faces, labels)
+        return FaceBatches(faces, torch.from_numpy(remap_labels(part.labels, self.num_classes)))
 
     def _taught(self, fit: FaceBatches) -> FaceBatches:
         """The fit set with each target ``teacher_weight`` of the teacher's probabilities and the
