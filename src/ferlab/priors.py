@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 PRIOR_KEY = "ferlab_prior"
 NAMED_PRIORS = ("train", "uniform")
@@ -78,12 +77,12 @@ def target_vector(prior: str | Mapping[str, float], classes: Sequence[str],
     return target / np.maximum(output, 1e-12)
 
 
-def adjust(probs: torch.Tensor, factor: np.ndarray | None) -> torch.Tensor:
+def adjust(probs: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
     """Probabilities (B, C) moved by ``factor`` (from :func:`target_vector`) and renormalised."""
     if factor is None:
         return probs
-    moved = probs * torch.as_tensor(factor, dtype=probs.dtype, device=probs.device)
-    return moved / moved.sum(-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
+    moved = probs * factor.astype(probs.dtype)
+    return moved / np.maximum(moved.sum(-1, keepdims=True), np.finfo(probs.dtype).tiny)
 
 
 def _vector(mapping: Mapping[str, float], classes: Sequence[str], what: str) -> np.ndarray:

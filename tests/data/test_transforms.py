@@ -19,6 +19,15 @@ def test_preprocess_standardises():
     assert torch.allclose(x, torch.full_like(x, (1 - PIXEL_MEAN) / PIXEL_STD))
     with pytest.raises(TypeError, match="uint8"):
         preprocess(torch.zeros(2, 48, 48))
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess(np.zeros((2, 48, 48)))
+
+
+def test_preprocess_gives_arrays_the_numbers_it_gives_tensors():
+    faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    x = preprocess(faces)
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == (3, 1, 48, 48)
+    np.testing.assert_allclose(x, preprocess(torch.from_numpy(faces)).numpy(), rtol=0, atol=1e-6)
 
 
 def test_all_off_is_identity():

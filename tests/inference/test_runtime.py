@@ -323,6 +323,26 @@ def test_predict_cli_averages_models_given_twice(tmp_path, portrait, onnx_files)
     assert refused.returncode == 2 and "no single PyTorch network" in refused.stderr
 
 
+@pytest.mark.parametrize("tta", ["none", "flip", "tencrop"])
+@pytest.mark.parametrize("n", [2, 600])  # views in one batch, and (600 x views) in a loop
+def test_onnx_runtime_path_in_numpy_gives_what_pytorch_gives(tta, n):
+    """ONNX Runtime's path stays in numpy (faces, views, logits, probabilities): the same
+    probabilities as the PyTorch network's tensors, however the views are batched."""
+    from ferlab.data import preprocess
+    from ferlab.inference.recognizer import predict_probabilities
+    from ferlab.inference.runtime import OnnxNetwork, to_onnx
+
+    torch.manual_seed(0)
+    net = VGG(stages=[[4], [8]], hidden=[8]).eval()
+    faces = np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    on_onnx = predict_probabilities(OnnxNetwork(to_onnx(net)), preprocess(faces), tta)
+    with torch.no_grad():
+        on_torch = predict_probabilities(net, preprocess(torch.from_numpy(faces)), tta)
+    assert isinstance(on_onnx, np.ndarray) and on_onnx.dtype == np.float32
+    np.testing.assert_allclose(on_onnx, on_torch.numpy(), atol=1e-5)
+    np.testing.assert_allclose(on_onnx.sum(1), 1.0, atol=1e-5)
+
+
 def test_onnx_runtime_threads_leave_the_cores_when_a_run_ends():
     """ONNX Runtime's threads spin while a run lasts and stop with it: no CPU is burnt after a
     face is classified, when a photo's detection and decoding need the cores."""

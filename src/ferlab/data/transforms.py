@@ -36,12 +36,17 @@ def to_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     return grey
 
 
-def preprocess(faces: torch.Tensor) -> torch.Tensor:
-    """uint8 faces (B, H, W) or (B, 1, H, W) -> standardised float input (B, 1, H, W)."""
-    if faces.dtype != torch.uint8:
+def preprocess(faces: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """uint8 faces (B, H, W) or (B, 1, H, W) -> standardised float32 input (B, 1, H, W), a
+    tensor from a tensor, a numpy array from an array (the ONNX Runtime path stays in numpy:
+    one face at a time, a tensor op costs about what a small int8 network's layer does)."""
+    if faces.dtype not in (torch.uint8, np.uint8):
         raise TypeError(f"preprocess expects uint8 faces; got {faces.dtype}.")
     if faces.ndim == 3:
-        faces = faces.unsqueeze(1)
+        faces = faces[:, None]
+    if isinstance(faces, np.ndarray):
+        return (faces.astype(np.float32) / np.float32(255.0) - np.float32(PIXEL_MEAN)) \
+            / np.float32(PIXEL_STD)
     return (faces.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
@@ -135,14 +140,20 @@ class BatchAugment(nn.Module):
 TTA_MODES = ("none", "flip", "tencrop")
 
 
-def tta_views(x: torch.Tensor, mode: str = "none", crop: float = 0.875) -> list[torch.Tensor]:
-    """Test-time views of a preprocessed batch (B, C, H, W); predictions average over them.
+def tta_views(x: torch.Tensor | np.ndarray, mode: str = "none",
+              crop: float = 0.875) -> list[torch.Tensor] | list[np.ndarray]:
+    """Test-time views of a preprocessed batch (B, C, H, W), tensors or numpy arrays as ``x``
+    is; predictions average over them.
 
     "flip": the batch and its mirror. "tencrop": four corner crops and the centre crop of
     ``crop`` of the side, each resized back to (H, W), and their mirrors.
     """
     if mode == "none":
         return [x]
+    if isinstance(x, np.ndarray):
+        if mode == "flip":
+            return [x, x[..., ::-1]]
+        return [view.numpy() for view in tta_views(torch.from_numpy(x), mode, crop)]
     if mode == "flip":
         return [x, x.flip(-1)]
     if mode == "tencrop":

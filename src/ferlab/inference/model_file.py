@@ -154,7 +154,7 @@ def quantize_int8(model: bytes, faces: np.ndarray) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = [preprocess(torch.from_numpy(faces[i:i + 64])).numpy()
+    batches = [preprocess(faces[i:i + 64])
                for i in range(0, len(faces), 64)]
 
     class Faces(CalibrationDataReader):

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -183,9 +183,9 @@ class EmotionRecognizer:
         batch = self._as_faces(faces, color_order)
         if len(batch) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        out = [self._probabilities(torch.from_numpy(batch[i:i + self.batch_size]))
+        out = [self._probabilities(batch[i:i + self.batch_size])
                for i in range(0, len(batch), self.batch_size)]
-        return np.concatenate(out)
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def _as_faces(self, faces, color_order: str) -> np.ndarray:  # (N, 48, 48) uint8
         if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.dtype == np.uint8:
@@ -207,21 +207,26 @@ class EmotionRecognizer:
         return np.stack([to_face(to_grey(c, color_order)) for c in crops])
 
     @torch.inference_mode()
-    def _probabilities(self, faces: torch.Tensor) -> np.ndarray:
-        x = preprocess(faces.to(self.device))  # the one preprocessing, for every engine
+    def _probabilities(self, faces: np.ndarray) -> np.ndarray:
+        # the one preprocessing, for every engine: as a tensor on the device for PyTorch, as a
+        # numpy array for ONNX Runtime (no tensor op on its path: one face at a time, torch's
+        # per-op cost was a third of a small int8 network's time)
+        on_torch = on_onnx = None
         each = []
         for model in self.models:
             if model.backend == "torch":
+                if on_torch is None:
+                    on_torch = preprocess(torch.from_numpy(faces).to(self.device))
+                    on_torch = on_torch.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                     enabled=self.precision == "bf16"):
-                    probs = predict_probabilities(
-                        model.run, x.contiguous(memory_format=torch.channels_last), self.tta)
+                    probs = predict_probabilities(model.run, on_torch, self.tta).cpu().numpy()
             else:
-                probs = predict_probabilities(model.run, x, self.tta)
-            each.append(priors.adjust(probs.cpu(), model.prior_factor))
-        # one model: its probabilities as they are (no tensor ops for nothing: one face at a
-        # time, each costs about as much as a small network's layer)
-        return (each[0] if len(each) == 1 else sum(each) / len(each)).numpy()
+                if on_onnx is None:
+                    on_onnx = preprocess(faces)
+                probs = predict_probabilities(model.run, on_onnx, self.tta)
+            each.append(priors.adjust(probs, model.prior_factor))
+        return each[0] if len(each) == 1 else sum(each) / len(each)
 
     # --- whole images ------------------------------------------------------------------------
     @property
@@ -279,25 +284,33 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def predict_probabilities(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                          tta: str = "none") -> torch.Tensor:
-    """Softmax probabilities (B, C) of a preprocessed batch, averaged over test-time views.
+Batch = TypeVar("Batch", torch.Tensor, np.ndarray)
+
+
+def predict_probabilities(network: Callable[[Batch], Batch], x: Batch,
+                          tta: str = "none") -> Batch:
+    """Softmax probabilities (B, C) of a preprocessed batch, averaged over test-time views: a
+    tensor for a PyTorch network, a numpy array for ONNX Runtime (float32 either way).
     Views go through the network as one batch while that stays small (one call is much
     cheaper than several for the few faces of a photo)."""
     views = tta_views(x, tta)
     if len(views) == 1:
-        return _softmax(network(x).float())
+        return _softmax(network(x))
     if len(x) * len(views) <= 1024:
-        logits = network(torch.cat(views)).float().view(len(views), len(x), -1)
-        return _softmax(logits).mean(0)
-    return sum(_softmax(network(v).float()) for v in views) / len(views)
+        joined = np.concatenate(views) if isinstance(x, np.ndarray) else torch.cat(views)
+        return _softmax(network(joined).reshape(len(views), len(x), -1)).mean(0)
+    return sum(_softmax(network(v)) for v in views) / len(views)
 
 
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension, from elementwise ops and reductions. torch.softmax runs
-    even a (2, 7) tensor in a parallel region, whose threads wake and wait for cores that other
-    engines' threads (ONNX Runtime's, OpenCV's) still hold: one face at a time with flip, the
-    default int8 model classified 317 faces/s that way and 378 this way (150 and 438 while
-    ONNX Runtime's threads spin)."""
+def _softmax(logits: Batch) -> Batch:
+    """Softmax over the last dimension in float32, from elementwise ops and reductions.
+    torch.softmax runs even a (2, 7) tensor in a parallel region, whose threads wake and wait
+    for cores that other engines' threads (ONNX Runtime's, OpenCV's) still hold: one face at a
+    time with flip, the default int8 model classified 317 faces/s that way and 378 this way
+    (150 and 438 while ONNX Runtime's threads spin)."""
+    if isinstance(logits, np.ndarray):
+        exp = np.exp(logits - logits.max(-1, keepdims=True), dtype=np.float32)
+        return exp / exp.sum(-1, keepdims=True)
+    logits = logits.float()
     exp = (logits - logits.amax(-1, keepdim=True)).exp()
     return exp / exp.sum(-1, keepdim=True)

@@ -1,7 +1,8 @@
 """The engines a network runs on: PyTorch, or ONNX Runtime (fp32, or int8 from an int8 file).
 
 Both take the one preprocessed batch that :func:`ferlab.data.transforms.preprocess` makes,
-(B, 1, H, W) float32, and return logits (B, C); TTA and softmax are shared above them
+(B, 1, H, W) float32, and return logits (B, C) (ONNX Runtime: numpy arrays for numpy arrays,
+tensors for tensors); TTA and softmax are shared above them
 (:func:`ferlab.inference.recognizer.predict_probabilities`), so the two backends differ only
 in the engine that multiplies the numbers.
 """
@@ -134,6 +135,11 @@ class OnnxNetwork:
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, C)
+    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Logits (B, C) of (B, 1, H, W) float input: an array for an array (the recognizer's
+        path, no tensor on the way), a tensor for a tensor (as the PyTorch network)."""
+        if isinstance(x, np.ndarray):
+            array = np.ascontiguousarray(x, dtype=np.float32)
+            return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: array})[0]
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: array})[0])
