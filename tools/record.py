@@ -148,8 +148,7 @@ def add(name: str, run: Path, question: str, eval_dir: Path | None,
         if target.exists():
             shutil.rmtree(target)
         target.mkdir()
-        shutil.copy(eval_dir / "metrics.json", target)
-        (target / "report.md").write_text(numbers_only((eval_dir / "report.md").read_text()))
+        _keep_evaluation(report, eval_dir, target)
     (study / "study.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return study
 
@@ -161,12 +160,18 @@ def deployment(name: str, eval_dir: Path) -> Path:
     report = json.loads((eval_dir / "metrics.json").read_text())
     if report["model"]["source"] != name:
         raise SystemExit(f"{eval_dir} evaluated {report['model']['source']!r}, not {name!r}")
-    report["model"].pop("file", None)  # an absolute path on the machine that ran it
     target = HERE / "deployment" / name
     target.mkdir(parents=True, exist_ok=True)
+    _keep_evaluation(report, eval_dir, target)
+    return target
+
+
+def _keep_evaluation(report: dict, eval_dir: Path, target: Path) -> None:
+    """An evaluation's metrics.json (without the machine's file path of the model) and its
+    report.md (without figures) in ``target``."""
+    report.get("model", {}).pop("file", None)  # an absolute path on the machine that ran it
     (target / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     (target / "report.md").write_text(numbers_only((eval_dir / "report.md").read_text()))
-    return target
 
 
 def retest(name: str, eval_dir: Path | None = None) -> Path:

@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", default="default",
-                        help="a shipped model (default, cpu-trained, *-int8, ensemble, "
+                        help="a shipped model (default, cpu-trained, *-int8, fast, ensemble, "
                              "ensemble-int8), a model or ONNX file, a .ckpt or a run directory")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--prior", choices=NAMED_PRIORS, default=None,

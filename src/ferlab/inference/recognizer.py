@@ -51,7 +51,8 @@ class EmotionRecognizer:
 
     ``model``: None (or "default") for the shipped model, "cpu-trained" for the shipped model
     trained on two CPU cores, "default-int8" / "cpu-trained-int8" for their int8 ONNX files,
-    "ensemble" (or "ensemble-int8") for the shipped models averaged, a ferlab model file
+    "ensemble" (or "ensemble-int8") for the shipped models averaged, "fast" for the small
+    network distilled from them (int8 ONNX, no TTA: the most faces/s), a ferlab model file
     (``.pt``), an ONNX file from ``ferlab.export``, a training checkpoint (``.ckpt``), a run
     directory, or a list of any of these (an ensemble: probabilities averaged with equal
     weights; the models must share their classes). ``tta``: "flip" averages each face with its
