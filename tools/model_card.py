@@ -310,11 +310,20 @@ def priors_section(name: str) -> str:
         + " | ".join(f"{v['recall'][c]:.3f}" for c in classes) + " |"
         for prior, v in views.items())
     with_tta = "with flip" if report.get("tta") == "flip" else "without TTA"
-    mix = artifacts.shipped_prior()["train"]  # the shipped models trained on these faces
-    mix_text = ", ".join(f"{c} {100 * f:.1f}%" for c, f in mix.items())
+    labels = artifacts.shipped_prior()["train"]  # the shipped models trained on these faces
+    # its own record (a distilled model's is its soft targets' mix); an ensemble's members'
+    learnt = (labels if name in SHIPPED_ENSEMBLES
+              else artifacts.load(name).meta["prior"]["train"])
+    mix_text = ", ".join(f"{c} {100 * f:.1f}%" for c, f in learnt.items())
+    if all(abs(learnt[c] - labels[c]) < 1e-6 for c in labels):
+        what = f"its training faces (FER2013 Training + PublicTest: {mix_text})"
+    else:
+        what = (f"its training targets ({mix_text}: their mean over FER2013 Training + "
+                "PublicTest, whose labels alone give "
+                + ", ".join(f"{c} {100 * f:.1f}%" for c, f in labels.items()) + ")")
     return f"""## Class priors
 
-The model learnt the class mix of its training faces (FER2013 Training + PublicTest: {mix_text})
+The model learnt the class mix of {what}
 as a prior. `EmotionRecognizer("{name}")`, `ferlab.predict` and `ferlab.serve` move its
 probabilities to a uniform prior by default (every emotion alike: a user's photos are not
 FER2013's mix); `prior="train"` keeps the mix and gives the figures above. PrivateTest {with_tta},
