@@ -23,9 +23,9 @@ model run with ai-edge-litert in place of TensorFlow), in one run on the same im
    ensemble on PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 (the shipped *-int8
    files), with and without flip TTA: PrivateTest accuracy, and faces/s at batch 1 and batch 64
    through `predict_faces`; fer's own classifier on each face resized to its 64x64 input with
-   its own scaling, one at a time (the path `detect_emotions` uses after detection).
-   Candidates named with ``--extra NAME=FILE`` (a model file not shipped yet) on the engine
-   their file loads on.
+   its own scaling, one at a time (the path `detect_emotions` uses after detection). Shipped
+   models that exist as one file only (``fast``), and candidates named with ``--extra
+   NAME=FILE`` (a model file not shipped yet), on the engine their file loads on.
 5. What folding the batch norms into the convolutions buys (EmotionRecognizer does it at load):
    ferlab's classification on PyTorch with the folded network against the network as stored.
 """
@@ -160,8 +160,9 @@ def engine_of(recognizer: EmotionRecognizer) -> str:
 
 def classification_table(faces: np.ndarray, labels: np.ndarray, batch1: int,
                          models: list[str], files: dict[str, str] | None = None) -> list[dict]:
-    """Section 4: accuracy and faces/s of each model x engine x TTA; then of each candidate of
-    ``files`` (name -> a model file not shipped yet) on the engine it loads on."""
+    """Section 4: accuracy and faces/s of each model x engine x TTA; then of each model of
+    ``files`` (name -> a shipped name or a model file that has one engine: an int8 ONNX file,
+    or a candidate not shipped yet) on the engine it loads on."""
     recognizers = []
     for model in models:
         for engine, (suffix, backend) in ENGINES.items():
@@ -313,9 +314,12 @@ def main() -> None:
         faces, labels = faces[: args.faces], labels[: args.faces]
     print(f"\n4. classification alone, {len(faces)} PrivateTest faces ({args.batch1_faces} of "
           "them one at a time)")
+    # single-file shipped models: the ONNX files that are not a PyTorch model's int8 copy
+    single = {name: name for name, file in SHIPPED_MODELS.items()
+              if name not in TORCH_MODELS and name.removesuffix("-int8") not in TORCH_MODELS}
     record["classification"] = classification_table(faces, labels, args.batch1_faces,
                                                     [*TORCH_MODELS, *SHIPPED_ENSEMBLES][:3],
-                                                    extra)
+                                                    {**single, **extra})
     if theirs is not None:
         fer_rate, fer_probs = rate(lambda face: fer_classify(theirs, face[None])[0], list(faces))
         fer_acc = float(np.mean(np.stack(fer_probs).argmax(1) == labels))
